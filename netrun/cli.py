@@ -1,0 +1,397 @@
+"""The ``netrun`` command: thin click commands over :class:`netrun.Net`.
+
+Every user error is a :class:`NetrunError`, printed as one line
+(``netrun: error: ...``) with exit code 2; ``--debug`` shows the traceback.
+"""
+import sys
+import zipfile
+
+import click
+import numpy as np
+
+from . import __version__
+from .errors import NetrunError
+from .net import Net
+
+
+def warn(message):
+    click.echo(f"netrun: warning: {message}", err=True)
+
+
+def note(ctx_obj, message):
+    if not ctx_obj.get("quiet"):
+        click.echo(f"netrun: {message}", err=True)
+
+
+class NetrunGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NetrunError as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"netrun: error: {e}", err=True)
+            ctx.exit(2)
+        except MemoryError:
+            if ctx.params.get("debug"):
+                raise
+            click.echo("netrun: error: out of memory (the net's blobs do not fit)", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=NetrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="netrun")
+@click.option("--debug", is_flag=True, help="Show the Python traceback of errors.")
+@click.pass_context
+def main(ctx, debug):
+    """Run Caffe networks forward and backward, with Caffe's numbers.
+
+    \b
+    Examples:
+      netrun forward models/lenet_deploy.prototxt
+      netrun backward models/relu_demo.prototxt --set relu.relu_param.negative_slope=0.1
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+# -- shared options -----------------------------------------------------------------------
+def net_options(f):
+    opts = [
+        click.argument("model", type=click.Path(dir_okay=False)),
+        click.option("--weights", "-w", type=click.Path(dir_okay=False),
+                     help="Trained parameters (.caffemodel). Without it, parameters come from "
+                          "their fillers, seeded by --seed."),
+        click.option("--phase", type=click.Choice(["train", "test"], case_sensitive=False),
+                     default="test", show_default=True, help="Net phase for include/exclude rules."),
+        click.option("--level", type=int, default=0, show_default=True, help="NetState level."),
+        click.option("--stage", multiple=True, help="NetState stage (repeatable)."),
+        click.option("--input", "input_files", multiple=True, metavar="NAME=FILE.npy",
+                     help="Array for an input blob (repeatable)."),
+        click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False),
+                     metavar="FILE.npz", help="Arrays for input blobs, keyed by blob name."),
+        click.option("--input-shape", multiple=True, metavar="NAME=D0,D1,...",
+                     help="Override an input's declared shape (repeatable)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed for fillers and for inputs given no array."),
+        click.option("--set", "edits", multiple=True, metavar="PATH=VALUE",
+                     help="Edit the net before building, e.g. relu1.relu_param.negative_slope=0.1 "
+                          "or net.force_backward=true (repeatable)."),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+                     show_default=True, help="Arithmetic precision."),
+        click.option("-v", "--values", is_flag=True, help="Also print the arrays themselves."),
+        click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def parse_assignments(items, what):
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise NetrunError(f"{what} {item!r}: expected NAME=VALUE")
+        name, value = item.split("=", 1)
+        out.append((name.strip(), value.strip()))
+    return out
+
+
+def parse_shape(name, text):
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise NetrunError(f"--input-shape {name}={text}: dims must be integers, e.g. 1,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise NetrunError(f"--input-shape {name}={text}: dims must be positive")
+    return dims
+
+
+def load_npy(path, what):
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise NetrunError("no such file", f"{path} ({what})") from None
+    except ValueError as e:
+        raise NetrunError(f"cannot read ({e}; pickled arrays are refused)", f"{path} ({what})") from None
+    except OSError as e:
+        raise NetrunError(f"not a .npy file ({e})", f"{path} ({what})") from None
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        arr.close()
+        raise NetrunError("is an .npz archive; pass it with --inputs/--top-diffs", path)
+    return check_numeric(arr, f"{path} ({what})")
+
+
+def load_npz(path, what):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise NetrunError("is a single .npy array, not an .npz archive", path)
+            return {k: check_numeric(z[k], f"{path}[{k}]") for k in z.files}
+    except FileNotFoundError:
+        raise NetrunError("no such file", f"{path} ({what})") from None
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise NetrunError(f"not a readable .npz archive ({e})", f"{path} ({what})") from None
+    except AttributeError:
+        raise NetrunError("is a single .npy array, not an .npz archive", path) from None
+
+
+def check_numeric(arr, where):
+    if arr.dtype.kind not in "biuf":
+        raise NetrunError(f"array of dtype {arr.dtype} is not numeric", where)
+    return arr
+
+
+def build_net(o, force_backward=False):
+    shapes = {n: parse_shape(n, v) for n, v in parse_assignments(o["input_shape"], "--input-shape")}
+    edits = list(o["edits"])
+    if force_backward:
+        edits.append("net.force_backward=true")
+    return Net(o["model"], phase=o["phase"], weights=o["weights"], level=o["level"],
+               stages=o["stage"], dtype=o["dtype"], seed=o["seed"], edits=edits,
+               input_shapes=shapes or None, warn=warn)
+
+
+def gather_inputs(net, o):
+    given = {}
+    if o["inputs_npz"]:
+        given.update(load_npz(o["inputs_npz"], "--inputs"))
+    for name, path in parse_assignments(o["input_files"], "--input"):
+        given[name] = load_input_file(net, name, path, o)
+    for name in given:
+        if name not in net.inputs:
+            raise NetrunError(f'input "{name}" names no input of the net '
+                              f"(inputs: {', '.join(net.inputs) or 'none'})")
+    rng = np.random.default_rng(o["seed"])
+    for name in net.inputs:
+        blob = net.blobs[name]
+        if name in given:
+            arr = given[name]
+            if arr.shape != blob.shape:
+                if arr.size == blob.count and arr.ndim != len(blob.shape):
+                    arr = arr.reshape(blob.shape)
+                else:
+                    note(o, f'input "{name}" has shape {arr.shape}, the net declares '
+                            f"{blob.shape}: reshaping the net")
+            given[name] = arr
+        elif label_like(net, name):
+            given[name] = np.zeros(blob.shape, net.dtype)
+            note(o, f'input "{name}" {blob.shape}: no array given, using zeros (class 0 labels)')
+        else:
+            given[name] = rng.standard_normal(blob.shape).astype(net.dtype)
+            note(o, f'input "{name}" {blob.shape}: no array given, using N(0, 1) values '
+                    f"from --seed {o['seed']}")
+    return given
+
+
+def load_input_file(net, name, path, o):
+    low = path.lower()
+    if low.endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")):
+        try:
+            from .io.images import load_images
+        except ImportError:
+            raise NetrunError("image inputs need the images module (pip install netrun[images])") from None
+        return load_images(net, name, [path], o)
+    return load_npy(path, f"--input {name}")
+
+
+def label_like(net, name):
+    """True when every consumer of the blob reads it as a label (bottom >= 1 of a loss/Accuracy)."""
+    uses = []
+    for li, bids in enumerate(net.bottom_ids):
+        for j, b in enumerate(bids):
+            if b == name or b.startswith(f"{name}_") and "_split_" in b:
+                uses.append((net.layers[li], j))
+    return bool(uses) and all(j >= 1 and (l.is_loss or l.type == "Accuracy") for l, j in uses)
+
+
+def stats(arr):
+    a = np.asarray(arr)
+    if a.size == 0:
+        return "empty"
+    return (f"mean|x| {float(np.mean(np.abs(a))):<11.5g} min {float(a.min()):<11.5g} "
+            f"max {float(a.max()):.5g}")
+
+
+def fmt_shape(shape):
+    return "(" + ", ".join(str(d) for d in shape) + ")" if shape else "scalar"
+
+
+def echo(o, text=""):
+    if not o["quiet"]:
+        click.echo(text)
+
+
+def show_array(o, arr):
+    if o["values"] and not o["quiet"]:
+        with np.printoptions(precision=5, suppress=True, threshold=2000, linewidth=100):
+            click.echo(np.array2string(np.asarray(arr), prefix="    "))
+
+
+def visible(net, li):
+    return net.layers[li].type != "Split"
+
+
+def run_forward(net, o, inputs):
+    echo(o, f"{'layer':<24} {'type':<16} {'top':<24} {'shape':<20} statistics")
+    for name, arr in inputs.items():
+        net.set_input(name, arr)
+    loss = 0.0
+    for li in range(len(net.layers)):
+        loss += net.forward_layer(li)
+        if not visible(net, li):
+            continue
+        layer = net.layers[li]
+        for t in net.top_ids[li]:
+            blob = net.blobs[t]
+            echo(o, f"{layer.name:<24} {layer.type:<16} {t:<24} {fmt_shape(blob.shape):<20} "
+                    f"{stats(blob.data)}")
+            show_array(o, blob.data)
+    net.loss = loss
+    echo(o)
+    for name in net.outputs:
+        data = net.blobs[name].data
+        if data.size == 1:
+            echo(o, f"output {name} = {float(data.ravel()[0]):.8g}")
+        else:
+            echo(o, f"output {name} {fmt_shape(data.shape)} {stats(data)}")
+            show_array(o, data)
+    if net.blob_loss_weights:
+        echo(o, f"total loss = {loss:.8g}")
+
+
+def save_npz(path, arrays):
+    from .io.atomic import atomic_write
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def dump_arrays(net, with_diffs):
+    out = {}
+    for name, blob in net.blobs.items():
+        if name.startswith("(automatic"):
+            continue
+        out[f"data/{name}"] = np.asarray(blob.data)
+        if with_diffs:
+            out[f"diff/{name}"] = np.asarray(blob.diff)
+    for lname, blobs in net.params.items():
+        for k, b in enumerate(blobs):
+            out[f"param/{lname}/{k}"] = b.data
+            if with_diffs:
+                out[f"param_diff/{lname}/{k}"] = b.diff
+    return out
+
+
+@main.command()
+@net_options
+@click.option("--save", type=click.Path(dir_okay=False), metavar="OUT.npz",
+              help="Save every blob (data/<blob>) and parameter (param/<layer>/<i>).")
+def forward(**o):
+    """Run the net forward; print every layer's tops and the outputs.
+
+    \b
+    Example:
+      netrun forward models/lenet_deploy.prototxt --input data=digit.npy
+    """
+    net = build_net(o)
+    inputs = gather_inputs(net, o)
+    run_forward(net, o, inputs)
+    if o["save"]:
+        save_npz(o["save"], dump_arrays(net, with_diffs=False))
+        echo(o, f"saved {o['save']}")
+
+
+@main.command()
+@net_options
+@click.option("--top-diff", "top_diff_files", multiple=True, metavar="NAME=FILE.npy",
+              help="Diff for an output blob (repeatable).")
+@click.option("--top-diffs", "top_diffs_npz", type=click.Path(dir_okay=False), metavar="FILE.npz",
+              help="Diffs for output blobs, keyed by blob name.")
+@click.option("--force-backward", is_flag=True,
+              help="As force_backward: true: every blob gets its diff (e.g. saliency on the input).")
+@click.option("--dump-diffs", type=click.Path(dir_okay=False), metavar="OUT.npz",
+              help="Save data/<blob>, diff/<blob>, param/<layer>/<i>, param_diff/<layer>/<i>.")
+def backward(**o):
+    """Run forward then backward; print every layer's diffs and the parameter gradients.
+
+    A net with a loss is driven by its loss weights; a net without one gets its
+    output diffs from --top-diff(s), else all ones, and gives every blob its diff.
+
+    \b
+    Example:
+      netrun backward models/relu_demo.prototxt --set relu.relu_param.negative_slope=0.1
+    """
+    net = build_net(o, force_backward=o["force_backward"])
+    top_diffs = {}
+    if o["top_diffs_npz"]:
+        top_diffs.update(load_npz(o["top_diffs_npz"], "--top-diffs"))
+    for name, path in parse_assignments(o["top_diff_files"], "--top-diff"):
+        top_diffs[name] = load_npy(path, f"--top-diff {name}")
+    for name in top_diffs:
+        if name not in net.blobs:
+            raise NetrunError(f'top diff "{name}" names no blob of the net '
+                              f"(outputs: {', '.join(net.outputs)})")
+    if not net.blob_loss_weights:
+        if not net.force_backward:
+            net.set_force_backward(True)
+        missing = [n for n in net.outputs if n not in top_diffs]
+        if missing:
+            note(o, "the net has no loss: output diffs of " + ", ".join(missing) +
+                    " set to ones (give --top-diff NAME=FILE.npy to choose)")
+    inputs = gather_inputs(net, o)
+    run_forward(net, o, inputs)
+    if not net.blob_loss_weights:
+        for n in net.outputs:
+            if n not in top_diffs:
+                top_diffs[n] = np.ones(net.blobs[n].shape, net.dtype)
+    echo(o)
+    echo(o, f"{'layer':<24} {'type':<16} {'blob':<24} {'':<7} statistics")
+    for name, arr in top_diffs.items():
+        arr = np.asarray(arr)
+        blob = net.blobs[name]
+        if arr.shape != blob.shape:
+            if arr.size != blob.count:
+                raise NetrunError(f'top diff for "{name}" has shape {arr.shape}, the blob has '
+                                  f"{blob.shape}")
+            arr = arr.reshape(blob.shape)
+        blob.diff[...] = arr
+    for li in range(len(net.layers) - 1, -1, -1):
+        if not net.layer_need_backward[li]:
+            continue
+        net.backward(start=li, end=li)
+        if not visible(net, li):
+            continue
+        layer = net.layers[li]
+        for t in net.top_ids[li]:
+            echo(o, f"{layer.name:<24} {layer.type:<16} {t:<24} {'top':<7} {stats(net.blobs[t].diff)}")
+        for j, b in enumerate(net.bottom_ids[li]):
+            if net.bottom_need_backward[li][j]:
+                echo(o, f"{layer.name:<24} {layer.type:<16} {b:<24} {'bottom':<7} "
+                        f"{stats(net.blobs[b].diff)}")
+                show_array(o, net.blobs[b].diff)
+    if net.params:
+        echo(o)
+        echo(o, "parameter gradients")
+        for lname, blobs in net.params.items():
+            for k, b in enumerate(blobs):
+                echo(o, f"{lname:<24} {k:<3} {fmt_shape(b.shape):<20} {stats(b.diff)}")
+                show_array(o, b.diff)
+    if o["dump_diffs"]:
+        save_npz(o["dump_diffs"], dump_arrays(net, with_diffs=True))
+        echo(o, f"saved {o['dump_diffs']}")
+
+
+@main.command("layers")
+def list_layers():
+    """List the layer types netrun implements."""
+    from .layers import registered_types
+    for t in registered_types():
+        click.echo(t)
+
+
+def run():  # console-script entry point
+    main(obj={})
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,161 @@
+"""Reading network definitions: text prototxt -> caffe_pb2.NetParameter.
+
+Parse errors come back as ``file:line:col: message``; legacy V0/V1 files are
+upgraded as Caffe upgrades them on load.
+"""
+import os
+import re
+
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+
+from ..errors import NetrunError
+from ..proto import caffe_pb2
+
+_ERR_POS = re.compile(r"^\s*(\d+):(\d+)\s*:\s*")
+
+
+def read_text(path):
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise NetrunError("no such file", str(path)) from None
+    except IsADirectoryError:
+        raise NetrunError("is a directory, not a file", str(path)) from None
+    except OSError as e:
+        raise NetrunError(f"cannot read: {e.strerror}", str(path)) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise NetrunError("not a text file (invalid UTF-8; a binary .caffemodel given "
+                          "where a prototxt was expected?)", f"{path}:{line}") from None
+
+
+def parse_text(text, message, path="<text>"):
+    """Merge prototxt ``text`` into ``message``; errors name file:line:col."""
+    try:
+        text_format.Merge(text, message)
+    except text_format.ParseError as e:
+        msg = str(e)
+        line, col = e.GetLine(), e.GetColumn()
+        m = _ERR_POS.match(msg)
+        if m:
+            msg = msg[m.end():]
+            line, col = int(m.group(1)), int(m.group(2))
+        where = f"{path}:{line}:{col}" if line else str(path)
+        if "has no field named" in msg:
+            msg += " (not a field of BVLC Caffe's schema; is this net made for a Caffe fork?)"
+        raise NetrunError(msg, where) from None
+    return message
+
+
+def layer_lines(text):
+    """1-based line of every top-level ``layer``/``layers`` block, in file order."""
+    lines = []
+    depth = 0
+    line = 1
+    i, n = 0, len(text)
+    pending = None                      # line of a top-level 'layer' word awaiting '{'
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        elif c in "\"'":
+            j = i + 1
+            while j < n and text[j] != c:
+                if text[j] == "\\":
+                    j += 1
+                elif text[j] == "\n":
+                    line += 1
+                j += 1
+            i = j + 1
+            continue
+        elif c == "{":
+            if depth == 0 and pending is not None:
+                lines.append(pending)
+            pending = None
+            depth += 1
+        elif c == "}":
+            depth -= 1
+        elif c.isalpha() or c == "_":
+            j = i
+            while j < n and (text[j].isalnum() or text[j] == "_"):
+                j += 1
+            word = text[i:j]
+            if depth == 0:
+                pending = line if word in ("layer", "layers") else None
+            i = j
+            continue
+        elif c != ":" and not c.isspace():
+            if depth == 0:
+                pending = None
+        i += 1
+    return lines
+
+
+class NetSource:
+    """A parsed network definition plus where each layer came from."""
+
+    def __init__(self, param, path=None, lines=None):
+        self.param = param
+        self.path = path
+        self.lines = lines or []
+
+    def where(self, layer_index):
+        if self.path is None:
+            return None
+        if 0 <= layer_index < len(self.lines):
+            return f"{self.path}:{self.lines[layer_index]}"
+        return str(self.path)
+
+
+def read_net(path, warn=None):
+    """Read a prototxt (or binary NetParameter) file into a V2 NetSource."""
+    path = os.fspath(path)
+    text = read_text(path)
+    param = parse_text(text, caffe_pb2.NetParameter(), path)
+    lines = layer_lines(text)
+    param = upgrade_if_needed(param, warn, path)
+    if len(lines) != len(param.layer):
+        lines = []
+    return NetSource(param, path, lines)
+
+
+def upgrade_if_needed(param, warn=None, path=None):
+    try:
+        from . import upgrade
+    except ImportError:                 # pragma: no cover - during bootstrap
+        return param
+    if upgrade.needs_upgrade(param):
+        note = (lambda m: warn(f"{path}: {m}")) if (warn and path) else (warn or (lambda m: None))
+        try:
+            param = upgrade.upgrade_net(param, warn=note)
+        except NetrunError as e:
+            raise e.located(path) if path else e
+    return param
+
+
+def read_binary(path, message):
+    """Parse a binary protobuf file (caffemodel, binaryproto, solverstate)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise NetrunError("no such file", path) from None
+    except IsADirectoryError:
+        raise NetrunError("is a directory, not a file", path) from None
+    except OSError as e:
+        raise NetrunError(f"cannot read: {e.strerror}", path) from None
+    try:
+        message.ParseFromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise NetrunError(f"not a valid binary {message.DESCRIPTOR.name} "
+                          f"(truncated or not a protobuf file: {e})", path) from None
+    return message

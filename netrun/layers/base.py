@@ -1,0 +1,132 @@
+"""The Layer base class and the registry of layer types.
+
+A layer is built from its ``LayerParameter`` and then driven by the net:
+
+* ``setup(bottom, top)``   -- once: read the parameters, create ``self.blobs``
+  (learnable parameters, filled by their fillers), check the bottoms.
+* ``reshape(bottom, top)`` -- before every forward: give the tops their shapes.
+* ``forward(bottom, top)`` -- compute ``top[i].data`` from ``bottom[j].data``.
+* ``backward(top, propagate_down, bottom)`` -- from ``top[i].diff`` write
+  ``bottom[j].diff`` (overwrite) where ``propagate_down[j]``, and *add* the
+  parameter gradients into ``self.blobs[k].diff`` where
+  ``self.param_propagate_down[k]``.
+
+``bottom`` and ``top`` are lists of :class:`netrun.blob.Blob`; for an in-place
+layer ``top[0] is bottom[0]``.
+"""
+import numpy as np
+
+from ..errors import LayerError
+
+_REGISTRY = {}
+
+
+def register(*type_names):
+    """Class decorator: make the layer available under Caffe's type string(s)."""
+    def deco(cls):
+        for name in type_names:
+            if name in _REGISTRY:
+                raise RuntimeError(f"layer type {name!r} registered twice")
+            _REGISTRY[name] = cls
+        if cls.__dict__.get("type") is None:
+            cls.type = type_names[0]
+        return cls
+    return deco
+
+
+def registered_types():
+    return sorted(_REGISTRY)
+
+
+def layer_class(type_name):
+    """The class for a Caffe type string, or None."""
+    return _REGISTRY.get(type_name)
+
+
+class Context:
+    """What a layer may need from the net: phase, dtype, random numbers, warnings."""
+
+    def __init__(self, phase, dtype=np.float32, rng=None, warn=None, allow_python_layers=False,
+                 base_dir="."):
+        self.phase = phase              # caffe_pb2.TRAIN (0) or caffe_pb2.TEST (1)
+        self.dtype = np.dtype(dtype)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self._warn = warn
+        self.allow_python_layers = allow_python_layers
+        self.base_dir = base_dir
+
+    def warn(self, message):
+        if self._warn is not None:
+            self._warn(message)
+
+
+class Layer:
+    type = None
+    # Blob-count constraints, as Caffe's Exact/Min/MaxNum{Bottom,Top}Blobs (None: any).
+    exact_bottoms = None
+    min_bottoms = None
+    max_bottoms = None
+    exact_tops = None
+    min_tops = None
+    max_tops = None
+    auto_top_blobs = False   # the net adds anonymous tops up to the minimum
+    is_loss = False          # top 0 carries loss weight 1 unless loss_weight is given
+    has_backward = True      # False: Caffe has no backward (never called by the net)
+    in_place_ok = True
+
+    def __init__(self, param, ctx):
+        self.param = param
+        self.name = param.name
+        self.ctx = ctx
+        self.phase = param.phase if param.HasField("phase") else ctx.phase
+        self.dtype = ctx.dtype
+        self.blobs = []                   # learnable parameters (Blob)
+        self.param_propagate_down = []    # one bool per blob in self.blobs
+
+    # -- the four steps ---------------------------------------------------------
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError
+
+    def forward(self, bottom, top):
+        raise NotImplementedError
+
+    def backward(self, top, propagate_down, bottom):
+        if any(propagate_down):
+            raise LayerError(f"{self.type} has no backward pass")
+
+    def allow_force_backward(self, bottom_index):
+        return True
+
+    # -- helpers for subclasses ------------------------------------------------------
+    def new_param(self, shape, filler=None):
+        """Create a learnable parameter blob filled by a FillerParameter."""
+        from ..blob import Blob
+        from ..fillers import fill
+        blob = Blob(shape, self.dtype)
+        if filler is not None:
+            blob.data[...] = fill(filler, blob.shape, self.ctx.rng)
+        return blob
+
+    def check_blob_counts(self, bottom, top):
+        def one(kind, n, exact, lo, hi):
+            if exact is not None and exact >= 0 and n != exact:
+                raise LayerError(f"{self.type} takes {exact} {kind} blob(s), got {n}")
+            if lo is not None and n < lo:
+                raise LayerError(f"{self.type} takes at least {lo} {kind} blob(s), got {n}")
+            if hi is not None and n > hi:
+                raise LayerError(f"{self.type} takes at most {hi} {kind} blob(s), got {n}")
+        one("bottom", len(bottom), self.exact_bottoms, self.min_bottoms, self.max_bottoms)
+        one("top", len(top), self.exact_tops, self.min_tops, self.max_tops)
+
+    def __repr__(self):
+        return f"<{self.type} layer {self.name!r}>"
+
+
+def canonical_axis(axis, num_axes):
+    """Caffe's CanonicalAxisIndex: allow negative axes, check the range."""
+    if not -num_axes <= axis < max(num_axes, 1):
+        raise LayerError(f"axis {axis} out of range for a {num_axes}-D blob")
+    return axis + num_axes if axis < 0 else axis

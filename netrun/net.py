@@ -1,0 +1,612 @@
+"""The net: Caffe's graph rules, all in one place.
+
+Building a net from a NetParameter follows Caffe's ``Net::Init``:
+
+1. **Filter** layers by their include/exclude NetStateRules against the state
+   (phase, level, stages).  A layer with include rules is kept if any rule is
+   met; otherwise it is kept unless an exclude rule is met.
+2. **Split**: every top consumed by more than one bottom (a top with a non-zero
+   explicit ``loss_weight`` counts as one more consumer) is followed by a Split
+   layer ``<blob>_<layer>_<i>_split`` whose tops ``..._split_<k>`` feed the
+   consumers in order; backward sums their diffs.  The loss weight moves to
+   split top 0.
+3. **Connect** layers in order.  A top named like the bottom at the same index
+   is in place (the same blob); producing an existing blob otherwise is an
+   error.  Tops nobody consumes are the net outputs (sorted by name).
+4. **Set up** each layer, give it loss weights (loss layers: 1 on top 0 by
+   default), and decide backward: a layer needs backward if a bottom needs it
+   or one of its parameters has ``lr_mult != 0``; ``propagate_down: false``
+   stops the gradient at that bottom.  Then, from the last layer back, layers
+   that do not lead to a loss, or whose tops all skip backpropagation, are not
+   run backward.  ``force_backward`` then turns backward on everywhere the
+   layer allows it.
+5. **Share** parameters by ``ParamSpec.name``: later owners of a name use the
+   first owner's blob, so their gradients accumulate in one place.
+
+Forward computes ``loss = sum over tops of loss_weight * sum(top)``; the loss
+tops' diffs hold their loss weights, which seeds backward.  Backward
+overwrites bottom diffs and adds into parameter diffs (clear them with
+``clear_param_diffs()``).
+"""
+import difflib
+import os
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+
+from .blob import Blob
+from .errors import LayerError, NetrunError
+from .layers import Context, layer_class, registered_types
+from .proto import caffe_pb2
+
+PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
+
+
+class NetrunWarning(UserWarning):
+    pass
+
+
+def _default_warn(message):
+    warnings.warn(message, NetrunWarning, stacklevel=3)
+
+
+def parse_phase(phase):
+    if phase is None:
+        return caffe_pb2.TEST
+    if isinstance(phase, str):
+        key = phase.lower()
+        if key not in PHASES:
+            raise NetrunError(f"unknown phase {phase!r} (use train or test)")
+        return PHASES[key]
+    return int(phase)
+
+
+# -- 1. filtering ---------------------------------------------------------------------
+def state_meets_rule(state, rule):
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_layers(param, state):
+    """Indices of the layers of ``param`` that the state keeps."""
+    kept = []
+    for i, lp in enumerate(param.layer):
+        if len(lp.include) and len(lp.exclude):
+            raise NetrunError(f'layer "{lp.name}" ({lp.type}) has both include and exclude rules; '
+                              "give one kind only", None)
+        if len(lp.include):
+            ok = any(state_meets_rule(state, r) for r in lp.include)
+        else:
+            ok = not any(state_meets_rule(state, r) for r in lp.exclude)
+        if ok:
+            kept.append(i)
+    return kept
+
+
+# -- 2. splits --------------------------------------------------------------------------
+def split_layer_name(layer, blob, idx):
+    return f"{blob}_{layer}_{idx}_split"
+
+
+def split_blob_name(layer, blob, idx, k):
+    return f"{blob}_{layer}_{idx}_split_{k}"
+
+
+def insert_splits(layers, origins, where):
+    """Caffe's InsertSplits over a list of LayerParameters.
+
+    Returns (new_layers, new_origins); ``origins[i]`` is the index of the layer in
+    the original file (None for an inserted Split).
+    """
+    last_top = {}                 # blob name -> (layer, top index) of its latest producer
+    source = {}                   # (layer, bottom index) -> (layer, top index)
+    count = {}                    # (layer, top index) -> number of consumers
+    loss_w = {}
+    for i, lp in enumerate(layers):
+        for j, b in enumerate(lp.bottom):
+            if b not in last_top:
+                raise NetrunError(f'Unknown bottom blob "{b}" (layer "{lp.name}", bottom {j})',
+                                  where(origins[i]))
+            source[(i, j)] = last_top[b]
+            count[last_top[b]] = count.get(last_top[b], 0) + 1
+        for j, t in enumerate(lp.top):
+            last_top[t] = (i, j)
+        for j in range(min(len(lp.loss_weight), len(lp.top))):
+            key = last_top[lp.top[j]]
+            loss_w[key] = lp.loss_weight[j]
+            if lp.loss_weight[j]:
+                count[key] = count.get(key, 0) + 1
+    out, out_origins = [], []
+    next_split = {}
+    for i, lp in enumerate(layers):
+        new = caffe_pb2.LayerParameter()
+        new.CopyFrom(lp)
+        for j in range(len(new.bottom)):
+            key = source[(i, j)]
+            if count.get(key, 0) > 1:
+                k = next_split.get(key, 0)
+                next_split[key] = k + 1
+                new.bottom[j] = split_blob_name(layers[key[0]].name, new.bottom[j], key[1], k)
+        out.append(new)
+        out_origins.append(origins[i])
+        for j, t in enumerate(new.top):
+            n = count.get((i, j), 0)
+            if n > 1:
+                w = loss_w.get((i, j), 0.0)
+                split = caffe_pb2.LayerParameter(name=split_layer_name(lp.name, t, j), type="Split")
+                split.bottom.append(t)
+                for k in range(n):
+                    split.top.append(split_blob_name(lp.name, t, j, k))
+                    if w:
+                        split.loss_weight.append(w if k == 0 else 0.0)
+                if w:
+                    del new.loss_weight[:]
+                    next_split[(i, j)] = next_split.get((i, j), 0) + 1
+                out.append(split)
+                out_origins.append(origins[i])
+    return out, out_origins
+
+
+def unknown_type_message(type_name):
+    known = registered_types()
+    close = difflib.get_close_matches(type_name, known, n=3, cutoff=0.5)
+    lower = {k.lower(): k for k in known}
+    if type_name.lower() in lower and lower[type_name.lower()] not in close:
+        close.insert(0, lower[type_name.lower()])
+    hint = f"; closest known types: {', '.join(close)}" if close else ""
+    return (f'unknown layer type "{type_name}" (not a BVLC Caffe layer{hint}; '
+            f"`netrun layers` lists the {len(known)} known types)")
+
+
+# -- the net ----------------------------------------------------------------------------------
+class Net:
+    """A Caffe network, built with Caffe's rules (see the module docstring).
+
+    ``Net(model, phase="test", weights=None)``; ``model`` is a prototxt path or a
+    ``caffe_pb2.NetParameter``.  pycaffe-style positional forms
+    ``Net(model, weights, phase)`` and ``Net(model, phase)`` also work.
+    """
+
+    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=(),
+                 dtype=np.float32, seed=0, edits=(), input_shapes=None, warn=None,
+                 allow_python_layers=False, inference=False):
+        for a in args:                         # pycaffe's positional forms
+            if isinstance(a, (int, np.integer)) or (isinstance(a, str) and a.lower() in PHASES):
+                phase = a
+            else:
+                weights = a
+        self._warn = warn or _default_warn
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise NetrunError(f"dtype must be float32 or float64, not {self.dtype}")
+        self.phase = parse_phase(phase)
+        self.inference = inference
+        source = self._load(model)
+        self.source = source
+        param = source.param
+        if edits:
+            from .edits import apply_edits
+            apply_edits(param, edits, source.path)
+        if input_shapes:
+            self._apply_input_shapes(param, input_shapes)
+        self.name = param.name
+        self.rng = np.random.default_rng(seed)
+        state = caffe_pb2.NetState()
+        state.CopyFrom(param.state)
+        state.phase = self.phase
+        if level:
+            state.level = level
+        state.stage.extend(s for s in stages if s not in state.stage)
+        self.state = state
+        kept = filter_layers_located(param, state, source)
+        layer_params = [param.layer[i] for i in kept]
+        layer_params, origins = insert_splits(layer_params, kept, source.where)
+        self.force_backward = param.force_backward
+        self._build(layer_params, origins, allow_python_layers)
+        if weights is not None:
+            self.copy_from(weights)
+
+    # -- loading -------------------------------------------------------------------------
+    def _load(self, model):
+        from .io.prototxt import NetSource, read_net, upgrade_if_needed
+        if isinstance(model, caffe_pb2.NetParameter):
+            p = caffe_pb2.NetParameter()
+            p.CopyFrom(model)
+            return NetSource(upgrade_if_needed(p, self._warn))
+        if isinstance(model, (str, os.PathLike)):
+            return read_net(model, warn=self._warn)
+        raise TypeError("model must be a prototxt path or a caffe_pb2.NetParameter")
+
+    def _apply_input_shapes(self, param, input_shapes):
+        for name, shape in input_shapes.items():
+            hit = False
+            for lp in param.layer:
+                if lp.type == "Input" and name in lp.top:
+                    j = list(lp.top).index(name)
+                    shapes = lp.input_param.shape
+                    if len(shapes) == 1 and len(lp.top) > 1:
+                        keep = shapes[0]
+                        for _ in range(len(lp.top) - 1):
+                            shapes.add().CopyFrom(keep)
+                    while len(shapes) <= j:
+                        shapes.add()
+                    del shapes[j].dim[:]
+                    shapes[j].dim.extend(int(d) for d in shape)
+                    hit = True
+            if not hit:
+                raise NetrunError(f'--input-shape names "{name}", which is not an input of the net '
+                                  f"(inputs: {', '.join(input_names(param)) or 'none'})")
+
+    # -- 3./4./5. build ----------------------------------------------------------------------
+    def _build(self, layer_params, origins, allow_python_layers):
+        self.layers = []
+        self._layer_names = []
+        self._layer_where = []
+        self.blobs = OrderedDict()
+        self.bottom_ids, self.top_ids = [], []
+        self.bottom_need_backward = []
+        self.layer_need_backward = []
+        self.blob_loss_weights = {}
+        self.inputs = []
+        blob_need_backward = {}
+        available = []           # keeps insertion order; net outputs are sorted at the end
+        ctx = Context(self.phase, self.dtype, self.rng, self._warn, allow_python_layers,
+                      os.path.dirname(self.source.path) if self.source.path else ".")
+        param_owner = {}         # ParamSpec name -> (layer index, param index)
+        self._shares = []
+        producers = {}
+        for li, lp in enumerate(layer_params):
+            where = self.source.where(origins[li])
+            label = f'layer "{lp.name}" ({lp.type})'
+            loc = f"{where}: {label}" if where else label
+            if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+                raise NetrunError("propagate_down must be given 0 times or once per bottom "
+                                  f"({len(lp.propagate_down)} given, {len(lp.bottom)} bottoms)", loc)
+            cls = layer_class(lp.type)
+            if cls is None:
+                raise NetrunError(unknown_type_message(lp.type), loc)
+            if not lp.HasField("phase"):
+                lp = _with_phase(lp, self.phase)
+            try:
+                layer = cls(lp, ctx)
+            except LayerError as e:
+                raise e.located(loc) from None
+            self.layers.append(layer)
+            self._layer_names.append(lp.name)
+            self._layer_where.append(loc)
+            bottoms, bids, bneed = [], [], []
+            need_backward = False
+            for j, name in enumerate(lp.bottom):
+                if name not in self.blobs or name not in available:
+                    raise NetrunError(f'Unknown bottom blob "{name}" (layer "{lp.name}", bottom {j})',
+                                      where)
+                available.remove(name)
+                bottoms.append(self.blobs[name])
+                bids.append(name)
+                prop = lp.propagate_down[j] if len(lp.propagate_down) else True
+                bneed.append(blob_need_backward[name] and prop)
+                need_backward |= blob_need_backward[name]
+            tops, tids = [], []
+            n_top = len(lp.top)
+            if cls.auto_top_blobs:
+                n_top = max(n_top, cls.min_tops or 0, cls.exact_tops or 0)
+            for j in range(n_top):
+                if j >= len(lp.top):               # anonymous top, never usable as a bottom
+                    name = f"(automatic {lp.name} {j})"
+                    blob = Blob((), self.dtype)
+                    self.blobs[name] = blob
+                    blob_need_backward[name] = False
+                    tops.append(blob)
+                    tids.append(name)
+                    continue
+                name = lp.top[j]
+                if j < len(lp.bottom) and name == lp.bottom[j]:
+                    tops.append(self.blobs[name])          # in place
+                elif name in self.blobs:
+                    raise NetrunError(f'top blob "{name}" is already produced by layer '
+                                      f'"{producers[name]}" (only an in-place layer, with the '
+                                      "same name at the same bottom index, may reuse a blob)", loc)
+                else:
+                    blob = Blob((), self.dtype)
+                    self.blobs[name] = blob
+                    blob_need_backward[name] = False
+                    producers[name] = lp.name
+                    tops.append(blob)
+                if lp.type == "Input":
+                    self.inputs.append(name)
+                tids.append(name)
+                available.append(name)
+            try:
+                layer.check_blob_counts(bottoms, tops)
+                layer.setup(bottoms, tops)
+                layer.reshape(bottoms, tops)
+            except LayerError as e:
+                raise e.located(loc) from None
+            except NetrunError as e:
+                raise e.located(loc) from None
+            # loss weights
+            weights = list(lp.loss_weight)
+            if not weights and cls.is_loss:
+                weights = [1.0]
+            if len(weights) > len(tops):
+                raise NetrunError(f"{len(weights)} loss_weight values for {len(tops)} tops", loc)
+            layer.loss_weights = weights + [0.0] * (len(tops) - len(weights))
+            for name, w in zip(tids, layer.loss_weights):
+                if w:
+                    self.blob_loss_weights[name] = w
+                    self.blobs[name].diff[...] = w
+            # parameters
+            specs = list(lp.param)
+            if len(specs) > len(layer.blobs):
+                raise NetrunError(f"{len(specs)} param specs given, but {lp.type} has "
+                                  f"{len(layer.blobs)} parameter blob(s)", loc)
+            layer.param_propagate_down = []
+            for k in range(len(layer.blobs)):
+                spec = specs[k] if k < len(specs) else caffe_pb2.ParamSpec()
+                pn = spec.lr_mult != 0
+                need_backward |= pn
+                layer.param_propagate_down.append(pn)
+                if spec.name:
+                    if spec.name in param_owner:
+                        self._shares.append((li, k, param_owner[spec.name], spec))
+                    else:
+                        param_owner[spec.name] = (li, k)
+            self.bottom_ids.append(bids)
+            self.top_ids.append(tids)
+            self.bottom_need_backward.append(bneed)
+            self.layer_need_backward.append(need_backward)
+            if need_backward:
+                for name in tids:
+                    blob_need_backward[name] = True
+        self._first_need = (list(self.layer_need_backward),
+                            [list(b) for b in self.bottom_need_backward], dict(blob_need_backward),
+                            [list(layer.param_propagate_down) for layer in self.layers])
+        self._plan_backward()
+        self.outputs = sorted(available)
+        self._share_params()
+        self._refresh_views()
+
+    def _plan_backward(self):
+        """Caffe's second pass: prune layers that do not lead to a loss; force_backward."""
+        need, bneed, blob_need_backward, ppd = self._first_need
+        for layer, p in zip(self.layers, ppd):
+            layer.param_propagate_down = list(p)
+        self.layer_need_backward = list(need)
+        self.bottom_need_backward = [list(b) for b in bneed]
+        blob_need_backward = dict(blob_need_backward)
+        under_loss, skip = set(), set()
+        for li in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[li]
+            contributes = False
+            skip_all = True
+            for j, name in enumerate(self.top_ids[li]):
+                if layer.loss_weights[j] or name in under_loss:
+                    contributes = True
+                if name not in skip:
+                    skip_all = False
+                if contributes and not skip_all:
+                    break
+            if self.layer_need_backward[li] and skip_all:
+                self.layer_need_backward[li] = False
+                self.bottom_need_backward[li] = [False] * len(self.bottom_ids[li])
+            if not contributes:
+                self.layer_need_backward[li] = False
+            for j, name in enumerate(self.bottom_ids[li]):
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self.bottom_need_backward[li][j] = False
+                if not self.bottom_need_backward[li][j]:
+                    skip.add(name)
+        if self.force_backward:
+            for li, layer in enumerate(self.layers):
+                self.layer_need_backward[li] = True
+                for j, name in enumerate(self.bottom_ids[li]):
+                    nb = self.bottom_need_backward[li][j] or layer.allow_force_backward(j)
+                    self.bottom_need_backward[li][j] = nb
+                    blob_need_backward[name] = blob_need_backward[name] or nb
+                layer.param_propagate_down = [True] * len(layer.blobs)
+        self.blob_need_backward = blob_need_backward
+
+    def set_force_backward(self, force=True):
+        """Turn Caffe's ``force_backward`` on or off after building."""
+        self.force_backward = bool(force)
+        self._plan_backward()
+
+    def _share_params(self):
+        for li, k, (oli, ok), spec in self._shares:
+            mine = self.layers[li].blobs[k]
+            owner = self.layers[oli].blobs[ok]
+            if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
+                if mine.count != owner.count:
+                    raise NetrunError(f'shared parameter "{spec.name}" has {mine.count} elements here '
+                                      f"and {owner.count} in its owner layer "
+                                      f'"{self._layer_names[oli]}"', self._layer_where[li])
+                if mine.shape != owner.shape:
+                    view = Blob((), self.dtype)
+                    view._data = owner.data.reshape(mine.shape)
+                    view._diff = owner.diff.reshape(mine.shape)
+                    self.layers[li].blobs[k] = view
+                    continue
+            elif mine.shape != owner.shape:
+                raise NetrunError(f'shared parameter "{spec.name}" has shape {mine.shape} here and '
+                                  f'{owner.shape} in its owner layer "{self._layer_names[oli]}" '
+                                  "(share_mode: PERMISSIVE compares counts only)",
+                                  self._layer_where[li])
+            self.layers[li].blobs[k] = owner
+        self._owned = set()
+        for li, k, _, _ in self._shares:
+            self._owned.add((li, k))
+
+    def _refresh_views(self):
+        self.params = OrderedDict()
+        for name, layer in zip(self._layer_names, self.layers):
+            if layer.blobs:
+                self.params[name] = layer.blobs
+        self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
+
+    # -- running ---------------------------------------------------------------------------------
+    def _layer_index(self, name, default):
+        if name is None:
+            return default
+        if isinstance(name, int):
+            return name
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise NetrunError(f'no layer named "{name}"') from None
+
+    def set_input(self, name, array):
+        """Put an array into an input blob, reshaping the net if its shape differs."""
+        if name not in self.blobs:
+            raise NetrunError(f'"{name}" is not a blob of the net '
+                              f"(inputs: {', '.join(self.inputs) or 'none'})")
+        array = np.asarray(array)
+        blob = self.blobs[name]
+        if array.shape != blob.shape:
+            blob.reshape(array.shape)
+        blob.data[...] = array
+
+    def reshape(self):
+        """Propagate shapes through the net (after inputs changed shape)."""
+        for li, layer in enumerate(self.layers):
+            self._call(li, layer.reshape, self._bottoms(li), self._tops(li))
+
+    def _bottoms(self, li):
+        return [self.blobs[n] for n in self.bottom_ids[li]]
+
+    def _tops(self, li):
+        return [self.blobs[n] for n in self.top_ids[li]]
+
+    def _call(self, li, fn, *args):
+        try:
+            return fn(*args)
+        except NetrunError as e:
+            raise e.located(self._layer_where[li]) from None
+
+    def forward_layer(self, li):
+        """Reshape and run layer ``li``; return its weighted loss."""
+        layer = self.layers[li]
+        bottom, top = self._bottoms(li), self._tops(li)
+        self._call(li, layer.reshape, bottom, top)
+        self._call(li, layer.forward, bottom, top)
+        loss = 0.0
+        for t, w in zip(top, layer.loss_weights):
+            if w:
+                t.diff[...] = w
+                loss += float(np.dot(t.data.ravel(), t.diff.ravel()))
+        return loss
+
+    def forward(self, blobs=None, start=None, end=None, **inputs):
+        """Run layers ``start``..``end`` (names or indices, inclusive).
+
+        Keyword arguments are arrays for input blobs.  Returns a dict of the
+        net outputs (plus the blobs named in ``blobs``); the total weighted loss
+        is kept in ``self.loss``.
+        """
+        for name, arr in inputs.items():
+            self.set_input(name, arr)
+        s = self._layer_index(start, 0)
+        e = self._layer_index(end, len(self.layers) - 1)
+        loss = 0.0
+        for li in range(s, e + 1):
+            loss += self.forward_layer(li)
+        self.loss = loss
+        wanted = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
+        return OrderedDict((n, self.blobs[n].data) for n in wanted)
+
+    def backward(self, diffs=None, start=None, end=None, **top_diffs):
+        """Run backward from layer ``start`` down to ``end`` (inclusive).
+
+        Keyword arguments set the diffs of output blobs first.  Returns a dict of
+        the input blobs' diffs (plus the blobs named in ``diffs``).
+        """
+        for name, arr in top_diffs.items():
+            if name not in self.blobs:
+                raise NetrunError(f'"{name}" is not a blob of the net')
+            arr = np.asarray(arr, self.dtype)
+            if arr.shape != self.blobs[name].shape:
+                if arr.size != self.blobs[name].count:
+                    raise NetrunError(f'top diff for "{name}" has shape {arr.shape}, '
+                                      f"the blob has {self.blobs[name].shape}")
+                arr = arr.reshape(self.blobs[name].shape)
+            self.blobs[name].diff[...] = arr
+        s = self._layer_index(start, len(self.layers) - 1)
+        e = self._layer_index(end, 0)
+        for li in range(s, e - 1, -1):
+            if self.layer_need_backward[li]:
+                layer = self.layers[li]
+                self._call(li, layer.backward, self._tops(li), self.bottom_need_backward[li],
+                           self._bottoms(li))
+        wanted = list(self.inputs) + [b for b in (diffs or []) if b not in self.inputs]
+        return OrderedDict((n, self.blobs[n].diff) for n in wanted)
+
+    def clear_param_diffs(self):
+        for layer in self.layers:
+            for b in layer.blobs:
+                b.diff[...] = 0
+
+    # -- weights --------------------------------------------------------------------------
+    def copy_from(self, weights):
+        """Load parameters from a .caffemodel (path or NetParameter), matching layers by name."""
+        from .io.caffemodel import copy_weights
+        copy_weights(self, weights)
+
+    def save(self, path):
+        """Write the parameters as a binary .caffemodel (Caffe's Net::ToProto)."""
+        from .io.caffemodel import save_weights
+        save_weights(self, path)
+
+    # -- views --------------------------------------------------------------------------------
+    @property
+    def layer_names(self):
+        return list(self._layer_names)
+
+    @property
+    def top_names(self):
+        return OrderedDict(zip(self._layer_names, (list(t) for t in self.top_ids)))
+
+    @property
+    def bottom_names(self):
+        return OrderedDict(zip(self._layer_names, (list(b) for b in self.bottom_ids)))
+
+    def param_owned(self, li, k):
+        """False when parameter ``k`` of layer ``li`` is shared from an earlier owner."""
+        return (li, k) not in self._owned
+
+    def where(self, layer):
+        return self._layer_where[self._layer_index(layer, 0)]
+
+
+def filter_layers_located(param, state, source):
+    try:
+        return filter_layers(param, state)
+    except NetrunError as e:
+        for i, lp in enumerate(param.layer):
+            if len(lp.include) and len(lp.exclude):
+                w = source.where(i)
+                raise e.located(w) if w else e from None
+        raise
+
+
+def input_names(param):
+    names = [t for lp in param.layer if lp.type == "Input" for t in lp.top]
+    return names + list(param.input)
+
+
+def _with_phase(lp, phase):
+    new = caffe_pb2.LayerParameter()
+    new.CopyFrom(lp)
+    new.phase = phase
+    return new
