@@ -142,22 +142,40 @@ def check_numeric(arr, where):
     return arr
 
 
-def build_net(o, force_backward=False):
-    shapes = {n: parse_shape(n, v) for n, v in parse_assignments(o["input_shape"], "--input-shape")}
-    edits = list(o["edits"])
-    if force_backward:
-        edits.append("net.force_backward=true")
-    return Net(o["model"], phase=o["phase"], weights=o["weights"], level=o["level"],
-               stages=o["stage"], dtype=o["dtype"], seed=o["seed"], edits=edits,
-               input_shapes=shapes or None, warn=warn)
-
-
-def gather_inputs(net, o):
+def load_arrays(o):
+    """The --inputs/--input arrays (images are loaded once the net is built)."""
     given = {}
     if o["inputs_npz"]:
         given.update(load_npz(o["inputs_npz"], "--inputs"))
     for name, path in parse_assignments(o["input_files"], "--input"):
-        given[name] = load_input_file(net, name, path, o)
+        if not is_image(path):
+            given[name] = load_npy(path, f"--input {name}")
+    return given
+
+
+def build_net(o, arrays, force_backward=False):
+    shapes = {n: parse_shape(n, v) for n, v in parse_assignments(o["input_shape"], "--input-shape")}
+    for name, arr in arrays.items():
+        shapes.setdefault(name, arr.shape)
+    edits = list(o["edits"])
+    if force_backward:
+        edits.append("net.force_backward=true")
+    net = Net(o["model"], phase=o["phase"], weights=o["weights"], level=o["level"],
+              stages=o["stage"], dtype=o["dtype"], seed=o["seed"], edits=edits,
+              input_shapes=shapes or None, warn=warn)
+    for name, arr in arrays.items():
+        declared = net.declared_input_shapes.get(name)
+        if declared is not None and tuple(declared) != tuple(arr.shape):
+            note(o, f'input "{name}" has shape {tuple(arr.shape)}, the net declares '
+                    f"{tuple(declared)}: reshaping the net")
+    return net
+
+
+def gather_inputs(net, o, arrays):
+    given = dict(arrays)
+    for name, path in parse_assignments(o["input_files"], "--input"):
+        if is_image(path):
+            given[name] = load_image_input(net, name, path, o)
     for name in given:
         if name not in net.inputs:
             raise NetrunError(f'input "{name}" names no input of the net '
@@ -166,15 +184,8 @@ def gather_inputs(net, o):
     for name in net.inputs:
         blob = net.blobs[name]
         if name in given:
-            arr = given[name]
-            if arr.shape != blob.shape:
-                if arr.size == blob.count and arr.ndim != len(blob.shape):
-                    arr = arr.reshape(blob.shape)
-                else:
-                    note(o, f'input "{name}" has shape {arr.shape}, the net declares '
-                            f"{blob.shape}: reshaping the net")
-            given[name] = arr
-        elif label_like(net, name):
+            continue
+        if label_like(net, name):
             given[name] = np.zeros(blob.shape, net.dtype)
             note(o, f'input "{name}" {blob.shape}: no array given, using zeros (class 0 labels)')
         else:
@@ -184,15 +195,19 @@ def gather_inputs(net, o):
     return given
 
 
-def load_input_file(net, name, path, o):
-    low = path.lower()
-    if low.endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")):
-        try:
-            from .io.images import load_images
-        except ImportError:
-            raise NetrunError("image inputs need the images module (pip install netrun[images])") from None
-        return load_images(net, name, [path], o)
-    return load_npy(path, f"--input {name}")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def is_image(path):
+    return path.lower().endswith(IMAGE_EXTS)
+
+
+def load_image_input(net, name, path, o):
+    try:
+        from .io.images import load_images
+    except ImportError:
+        raise NetrunError("image inputs are not supported yet") from None
+    return load_images(net, name, [path], o)
 
 
 def label_like(net, name):
@@ -293,8 +308,9 @@ def forward(**o):
     Example:
       netrun forward models/lenet_deploy.prototxt --input data=digit.npy
     """
-    net = build_net(o)
-    inputs = gather_inputs(net, o)
+    arrays = load_arrays(o)
+    net = build_net(o, arrays)
+    inputs = gather_inputs(net, o, arrays)
     run_forward(net, o, inputs)
     if o["save"]:
         save_npz(o["save"], dump_arrays(net, with_diffs=False))
@@ -321,7 +337,8 @@ def backward(**o):
     Example:
       netrun backward models/relu_demo.prototxt --set relu.relu_param.negative_slope=0.1
     """
-    net = build_net(o, force_backward=o["force_backward"])
+    arrays = load_arrays(o)
+    net = build_net(o, arrays, force_backward=o["force_backward"])
     top_diffs = {}
     if o["top_diffs_npz"]:
         top_diffs.update(load_npz(o["top_diffs_npz"], "--top-diffs"))
@@ -338,7 +355,7 @@ def backward(**o):
         if missing:
             note(o, "the net has no loss: output diffs of " + ", ".join(missing) +
                     " set to ones (give --top-diff NAME=FILE.npy to choose)")
-    inputs = gather_inputs(net, o)
+    inputs = gather_inputs(net, o, arrays)
     run_forward(net, o, inputs)
     if not net.blob_loss_weights:
         for n in net.outputs:

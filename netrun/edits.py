@@ -18,6 +18,14 @@ _INTS = {FD.TYPE_INT32, FD.TYPE_INT64, FD.TYPE_UINT32, FD.TYPE_UINT64, FD.TYPE_S
          FD.TYPE_SINT64, FD.TYPE_FIXED32, FD.TYPE_FIXED64, FD.TYPE_SFIXED32, FD.TYPE_SFIXED64}
 
 
+def is_repeated(field):
+    """Whether a field is repeated (``label`` left FieldDescriptor in protobuf 7)."""
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return field.label == FD.LABEL_REPEATED
+
+
 def parse_edit(text):
     if "=" not in text:
         raise NetrunError(f"--set {text!r}: expected PATH=VALUE, e.g. relu1.relu_param.negative_slope=0.1")
@@ -65,7 +73,7 @@ def _set_path(msg, parts, value, where):
         field = fields[m.group(1)]
         index = m.group(2)
         last = n == len(parts) - 1
-        repeated = field.label == FD.LABEL_REPEATED
+        repeated = is_repeated(field)
         if field.type == FD.TYPE_MESSAGE:
             if last:
                 raise NetrunError(f"{where}: {field.name} is a message; name one of its fields")

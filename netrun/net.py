@@ -192,6 +192,7 @@ class Net:
             raise NetrunError(f"dtype must be float32 or float64, not {self.dtype}")
         self.phase = parse_phase(phase)
         self.inference = inference
+        self.declared_input_shapes = {}
         source = self._load(model)
         self.source = source
         param = source.param
@@ -229,6 +230,8 @@ class Net:
         raise TypeError("model must be a prototxt path or a caffe_pb2.NetParameter")
 
     def _apply_input_shapes(self, param, input_shapes):
+        """Override the declared shapes of Input tops; remember what was declared."""
+        self.declared_input_shapes = {}
         for name, shape in input_shapes.items():
             hit = False
             for lp in param.layer:
@@ -241,11 +244,12 @@ class Net:
                             shapes.add().CopyFrom(keep)
                     while len(shapes) <= j:
                         shapes.add()
+                    self.declared_input_shapes[name] = tuple(shapes[j].dim)
                     del shapes[j].dim[:]
                     shapes[j].dim.extend(int(d) for d in shape)
                     hit = True
             if not hit:
-                raise NetrunError(f'--input-shape names "{name}", which is not an input of the net '
+                raise NetrunError(f'"{name}" is not an input of the net '
                                   f"(inputs: {', '.join(input_names(param)) or 'none'})")
 
     # -- 3./4./5. build ----------------------------------------------------------------------

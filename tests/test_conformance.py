@@ -1,0 +1,47 @@
+"""Every Caffe-computed conformance case, through the Python API and the CLI.
+
+Cases whose layer types netrun does not implement yet are expected failures
+with that reason; the worst error of every case is printed in the summary.
+"""
+import pytest
+
+import conformance as C
+
+CASES = C.case_dirs()
+WORST = {}
+
+
+def pytest_terminal_summary_lines():
+    lines = []
+    for (name, route), (ratio, key, absdiff) in sorted(WORST.items()):
+        lines.append(f"{name:<34} {route:<4} worst {ratio:8.3g} x tol   abs {absdiff:9.3g}   {key}")
+    return lines
+
+
+def _params():
+    out = []
+    for name, folder in CASES.items():
+        case = C.Case(folder)
+        missing = case.missing_types()
+        for route in ("api", "cli"):
+            marks = []
+            if missing:
+                marks.append(pytest.mark.xfail(reason="not implemented: " + ", ".join(missing),
+                                               strict=True, run=False))
+            out.append(pytest.param(name, route, marks=marks, id=f"{name}-{route}"))
+    return out
+
+
+if not CASES:
+    pytest.skip(f"no conformance cases: {C.shared_cases_dir()} does not exist and "
+                "tests/data/conformance is empty", allow_module_level=True)
+
+
+@pytest.mark.parametrize("name,route", _params())
+def test_case(name, route):
+    case = C.Case(CASES[name])
+    ours = C.run_api(case) if route == "api" else C.run_cli(case)
+    rep = C.compare(case, ours)
+    key, ratio, absdiff, _ = rep.worst
+    WORST[(name, route)] = (ratio, key, absdiff)
+    assert rep.ok, rep.failures()
