@@ -11,6 +11,7 @@ import numpy as np
 
 from . import __version__
 from .errors import NetrunError
+from .memory import parse_size
 from .net import Net
 
 
@@ -79,6 +80,13 @@ def net_options(f):
                           "or net.force_backward=true (repeatable)."),
         click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
                      show_default=True, help="Arithmetic precision."),
+        click.option("--max-memory", default=None, metavar="SIZE",
+                     help="Refuse nets needing more memory than this (e.g. 8G); "
+                          "default: 80% of the available memory."),
+        click.option("--check-finite/--no-check-finite", default=None,
+                     help="Report the first layer and blob where NaN/Inf appears "
+                          "(default: on for backward, off for forward)."),
+        click.option("--strict", is_flag=True, help="With --check-finite: stop at the first NaN/Inf."),
         click.option("-v", "--values", is_flag=True, help="Also print the arrays themselves."),
         click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
     ]
@@ -153,16 +161,22 @@ def load_arrays(o):
     return given
 
 
-def build_net(o, arrays, force_backward=False):
+def build_net(o, arrays, backward=False):
     shapes = {n: parse_shape(n, v) for n, v in parse_assignments(o["input_shape"], "--input-shape")}
     for name, arr in arrays.items():
         shapes.setdefault(name, arr.shape)
     edits = list(o["edits"])
-    if force_backward:
+    if backward and o["force_backward"]:
         edits.append("net.force_backward=true")
     net = Net(o["model"], phase=o["phase"], weights=o["weights"], level=o["level"],
               stages=o["stage"], dtype=o["dtype"], seed=o["seed"], edits=edits,
-              input_shapes=shapes or None, warn=warn)
+              input_shapes=shapes or None, warn=warn,
+              max_memory=parse_size(o["max_memory"]) if o["max_memory"] else "default")
+    check = o["check_finite"]
+    if check is None:
+        check = backward
+    if check or o["strict"]:
+        net.check_finite = "strict" if o["strict"] else "warn"
     for name, arr in arrays.items():
         declared = net.declared_input_shapes.get(name)
         if declared is not None and tuple(declared) != tuple(arr.shape):
@@ -338,7 +352,7 @@ def backward(**o):
       netrun backward models/relu_demo.prototxt --set relu.relu_param.negative_slope=0.1
     """
     arrays = load_arrays(o)
-    net = build_net(o, arrays, force_backward=o["force_backward"])
+    net = build_net(o, arrays, backward=True)
     top_diffs = {}
     if o["top_diffs_npz"]:
         top_diffs.update(load_npz(o["top_diffs_npz"], "--top-diffs"))

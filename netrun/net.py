@@ -180,7 +180,7 @@ class Net:
 
     def __init__(self, model, *args, phase=None, weights=None, level=0, stages=(),
                  dtype=np.float32, seed=0, edits=(), input_shapes=None, warn=None,
-                 allow_python_layers=False, inference=False):
+                 allow_python_layers=False, inference=False, max_memory="default"):
         for a in args:                         # pycaffe's positional forms
             if isinstance(a, (int, np.integer)) or (isinstance(a, str) and a.lower() in PHASES):
                 phase = a
@@ -192,7 +192,11 @@ class Net:
             raise NetrunError(f"dtype must be float32 or float64, not {self.dtype}")
         self.phase = parse_phase(phase)
         self.inference = inference
+        from .memory import Budget, default_limit
+        self.budget = Budget(default_limit() if max_memory == "default" else max_memory)
         self.declared_input_shapes = {}
+        self.check_finite = None      # None, "warn" or "strict": watch for NaN/Inf per layer
+        self._nonfinite_seen = False
         source = self._load(model)
         self.source = source
         param = source.param
@@ -266,7 +270,8 @@ class Net:
         blob_need_backward = {}
         available = []           # keeps insertion order; net outputs are sorted at the end
         ctx = Context(self.phase, self.dtype, self.rng, self._warn, allow_python_layers,
-                      os.path.dirname(self.source.path) if self.source.path else ".")
+                      os.path.dirname(self.source.path) if self.source.path else ".",
+                      self.budget)
         param_owner = {}         # ParamSpec name -> (layer index, param index)
         self._shares = []
         producers = {}
@@ -380,6 +385,14 @@ class Net:
         self.outputs = sorted(available)
         self._share_params()
         self._refresh_views()
+        self._charge_blobs()
+
+    def _charge_blobs(self):
+        """Charge every blob's data (and diff, unless inference) before any forward."""
+        per = 1 if self.inference else 2
+        for name, blob in self.blobs.items():
+            if not blob.has_data:
+                self.budget.charge(blob.nbytes * per, f'blob "{name}" {blob.shape}')
 
     def _plan_backward(self):
         """Caffe's second pass: prune layers that do not lead to a loss; force_backward."""
@@ -438,9 +451,9 @@ class Net:
                                       f"and {owner.count} in its owner layer "
                                       f'"{self._layer_names[oli]}"', self._layer_where[li])
                 if mine.shape != owner.shape:
-                    view = Blob((), self.dtype)
-                    view._data = owner.data.reshape(mine.shape)
-                    view._diff = owner.diff.reshape(mine.shape)
+                    view = Blob(mine.shape, self.dtype)
+                    view.data = owner.data.reshape(mine.shape)
+                    view.diff = owner.diff.reshape(mine.shape)
                     self.layers[li].blobs[k] = view
                     continue
             elif mine.shape != owner.shape:
@@ -505,6 +518,8 @@ class Net:
         bottom, top = self._bottoms(li), self._tops(li)
         self._call(li, layer.reshape, bottom, top)
         self._call(li, layer.forward, bottom, top)
+        if self.check_finite:
+            self._watch(li, "forward", "top", [(n, self.blobs[n].data) for n in self.top_ids[li]])
         loss = 0.0
         for t, w in zip(top, layer.loss_weights):
             if w:
@@ -553,8 +568,29 @@ class Net:
                 layer = self.layers[li]
                 self._call(li, layer.backward, self._tops(li), self.bottom_need_backward[li],
                            self._bottoms(li))
+                if self.check_finite:
+                    arrays = [(n, self.blobs[n].diff) for j, n in enumerate(self.bottom_ids[li])
+                              if self.bottom_need_backward[li][j]]
+                    arrays += [(f"parameter {k}", b.diff) for k, b in enumerate(layer.blobs)
+                               if layer.param_propagate_down[k]]
+                    self._watch(li, "backward", "diff of", arrays)
         wanted = list(self.inputs) + [b for b in (diffs or []) if b not in self.inputs]
         return OrderedDict((n, self.blobs[n].diff) for n in wanted)
+
+    def _watch(self, li, phase, what, arrays):
+        """Report the first NaN/Inf (once per net); raise in strict mode."""
+        if self._nonfinite_seen and self.check_finite != "strict":
+            return
+        for name, arr in arrays:
+            if arr.size and not np.isfinite(arr).all():
+                bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+                msg = (f"{self._layer_where[li]}: {bad} non-finite value(s) (NaN/Inf) first "
+                       f"appeared in {what} \"{name}\" during {phase}")
+                self._nonfinite_seen = True
+                if self.check_finite == "strict":
+                    raise NetrunError(msg)
+                self._warn(msg)
+                return
 
     def clear_param_diffs(self):
         for layer in self.layers:

@@ -47,13 +47,14 @@ class Context:
     """What a layer may need from the net: phase, dtype, random numbers, warnings."""
 
     def __init__(self, phase, dtype=np.float32, rng=None, warn=None, allow_python_layers=False,
-                 base_dir="."):
+                 base_dir=".", budget=None):
         self.phase = phase              # caffe_pb2.TRAIN (0) or caffe_pb2.TEST (1)
         self.dtype = np.dtype(dtype)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self._warn = warn
         self.allow_python_layers = allow_python_layers
         self.base_dir = base_dir
+        self.budget = budget            # netrun.memory.Budget: charged before allocating
 
     def warn(self, message):
         if self._warn is not None:
@@ -106,6 +107,8 @@ class Layer:
         from ..blob import Blob
         from ..fillers import fill
         blob = Blob(shape, self.dtype)
+        if self.ctx.budget is not None:
+            self.ctx.budget.charge(blob.nbytes, f'layer "{self.name}" parameter {blob.shape}')
         if filler is not None:
             blob.data[...] = fill(filler, blob.shape, self.ctx.rng)
         return blob
