@@ -59,8 +59,8 @@ def main(ctx, debug):
 # -- shared options -----------------------------------------------------------------------
 def net_options(f):
     opts = [
-        click.argument("model", type=click.Path(dir_okay=False)),
-        click.option("--weights", "-w", type=click.Path(dir_okay=False),
+        click.argument("model"),
+        click.option("--weights", "-w", metavar="W.caffemodel",
                      help="Trained parameters (.caffemodel). Without it, parameters come from "
                           "their fillers, seeded by --seed."),
         click.option("--phase", type=click.Choice(["train", "test"], case_sensitive=False),
@@ -69,8 +69,7 @@ def net_options(f):
         click.option("--stage", multiple=True, help="NetState stage (repeatable)."),
         click.option("--input", "input_files", multiple=True, metavar="NAME=FILE.npy",
                      help="Array for an input blob (repeatable)."),
-        click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False),
-                     metavar="FILE.npz", help="Arrays for input blobs, keyed by blob name."),
+        click.option("--inputs", "inputs_npz", metavar="FILE.npz", help="Arrays for input blobs, keyed by blob name."),
         click.option("--input-shape", multiple=True, metavar="NAME=D0,D1,...",
                      help="Override an input's declared shape (repeatable)."),
         click.option("--seed", type=int, default=0, show_default=True,

@@ -116,7 +116,10 @@ def insert_splits(layers, origins, where):
     for i, lp in enumerate(layers):
         for j, b in enumerate(lp.bottom):
             if b not in last_top:
-                raise NetrunError(f'Unknown bottom blob "{b}" (layer "{lp.name}", bottom {j})',
+                later = [l.name for l in layers[i:] if b in l.top]
+                hint = (f'; it is produced only by the later layer "{later[0]}" (layers run in '
+                        "file order: a cycle?)") if later else ""
+                raise NetrunError(f'Unknown bottom blob "{b}" (layer "{lp.name}", bottom {j}){hint}',
                                   where(origins[i]))
             source[(i, j)] = last_top[b]
             count[last_top[b]] = count.get(last_top[b], 0) + 1
@@ -215,6 +218,7 @@ class Net:
         state.stage.extend(s for s in stages if s not in state.stage)
         self.state = state
         kept = filter_layers_located(param, state, source)
+        check_input_shapes(param, kept, source)
         layer_params = [param.layer[i] for i in kept]
         layer_params, origins = insert_splits(layer_params, kept, source.where)
         self.force_backward = param.force_backward
@@ -638,6 +642,21 @@ def filter_layers_located(param, state, source):
                 w = source.where(i)
                 raise e.located(w) if w else e from None
         raise
+
+
+def check_input_shapes(param, kept, source):
+    """Declared input dims must be positive (Caffe would abort or allocate nothing)."""
+    for i in kept:
+        lp = param.layer[i]
+        if lp.type != "Input":
+            continue
+        for k, shape in enumerate(lp.input_param.shape):
+            dims = tuple(shape.dim)
+            if any(d <= 0 for d in dims):
+                w = source.where(i)
+                label = f'layer "{lp.name}" (Input)'
+                raise NetrunError(f"input shape {k} has a zero or negative dimension: {dims}",
+                                  f"{w}: {label}" if w else label)
 
 
 def input_names(param):

@@ -7,12 +7,21 @@ import contextlib
 import os
 import tempfile
 
+from ..errors import NetrunError
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".netrun-", suffix=".part", dir=folder)
+    if os.path.isdir(path):
+        raise NetrunError("is a directory; give a file name to write", path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".netrun-", suffix=".part", dir=folder)
+    except FileNotFoundError:
+        raise NetrunError(f"cannot write: folder {folder} does not exist", path) from None
+    except OSError as e:
+        raise NetrunError(f"cannot write: {e.strerror}", path) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
