@@ -12,18 +12,11 @@ import re
 from google.protobuf.descriptor import FieldDescriptor as FD
 
 from .errors import NetrunError
+from .proto import is_repeated
 
 _INDEX = re.compile(r"^(\w+)(?:\[(\d+)\])?$")
 _INTS = {FD.TYPE_INT32, FD.TYPE_INT64, FD.TYPE_UINT32, FD.TYPE_UINT64, FD.TYPE_SINT32,
          FD.TYPE_SINT64, FD.TYPE_FIXED32, FD.TYPE_FIXED64, FD.TYPE_SFIXED32, FD.TYPE_SFIXED64}
-
-
-def is_repeated(field):
-    """Whether a field is repeated (``label`` left FieldDescriptor in protobuf 7)."""
-    flag = getattr(field, "is_repeated", None)
-    if flag is not None:
-        return bool(flag)
-    return field.label == FD.LABEL_REPEATED
 
 
 def parse_edit(text):

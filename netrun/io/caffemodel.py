@@ -12,42 +12,8 @@ import numpy as np
 
 from ..errors import NetrunError
 from ..proto import caffe_pb2
+from .blobproto import blob_array, blob_shape, shapes_match
 from .prototxt import read_binary, upgrade_if_needed
-
-
-def blob_shape(bp):
-    """Shape of a BlobProto: ``shape.dim``, else the legacy 4-D dims."""
-    if bp.HasField("shape"):
-        return tuple(int(d) for d in bp.shape.dim)
-    if any(bp.HasField(f) for f in ("num", "channels", "height", "width")):
-        return (bp.num, bp.channels, bp.height, bp.width)
-    n = len(bp.double_data) or len(bp.data)
-    return (n,) if n else ()
-
-
-def is_legacy(bp):
-    return not bp.HasField("shape") and any(
-        bp.HasField(f) for f in ("num", "channels", "height", "width"))
-
-
-def blob_array(bp, dtype=np.float32, shape=None):
-    """The values of a BlobProto as an array (``double_data`` preferred when present)."""
-    vals = bp.double_data if len(bp.double_data) else bp.data
-    arr = np.asarray(vals, dtype=dtype)
-    shape = blob_shape(bp) if shape is None else shape
-    if arr.size != int(np.prod(shape, dtype=np.int64)):
-        raise NetrunError(f"blob holds {arr.size} values but its shape {shape} needs "
-                          f"{int(np.prod(shape, dtype=np.int64))}")
-    return arr.reshape(shape)
-
-
-def shapes_match(shape, bp):
-    if is_legacy(bp):
-        if len(shape) > 4:
-            return False
-        padded = (1,) * (4 - len(shape)) + tuple(shape)
-        return padded == blob_shape(bp)
-    return tuple(shape) == blob_shape(bp)
 
 
 def read_weights(path, warn=None):

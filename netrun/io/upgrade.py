@@ -37,10 +37,11 @@ read either kind of BlobProto.
 Solvers: :func:`upgrade_solver` turns the legacy ``solver_type`` enum into the
 ``type`` string.
 """
-import numpy as np
 
 from ..errors import NetrunError
 from ..proto import caffe_pb2
+from ..proto import is_repeated
+from .blobproto import blob_array, blob_shape  # noqa: F401  (re-exported)
 
 __all__ = ["needs_upgrade", "upgrade_net", "blob_shape", "blob_array",
            "solver_needs_upgrade", "upgrade_solver", "V1_TYPE_NAMES", "V0_TYPE_NAMES"]
@@ -254,17 +255,10 @@ def _set_field(msg, field, value):
     fd = msg.DESCRIPTOR.fields_by_name[field]
     if fd.message_type is not None:
         getattr(msg, field).CopyFrom(value)
-    elif _is_repeated(fd):
+    elif is_repeated(fd):
         getattr(msg, field).append(value)
     else:
         setattr(msg, field, value)
-
-
-def _is_repeated(fd):
-    rep = getattr(fd, "is_repeated", None)
-    if rep is not None:
-        return rep
-    return fd.label == fd.LABEL_REPEATED
 
 
 def _upgrade_v0_layer(entry, index, problems):
@@ -502,34 +496,6 @@ def upgrade_net(net, warn=None):
 # --------------------------------------------------------------------------------------
 # blobs
 # --------------------------------------------------------------------------------------
-_LEGACY_DIMS = ("num", "channels", "height", "width")
-
-
-def blob_shape(bp):
-    """Shape of a BlobProto: ``shape.dim`` if present, else the legacy 4-D
-    (num, channels, height, width) -- unset legacy dims count as 0, as in Caffe.
-    A blob with neither is taken as 1-D over its values."""
-    if bp.HasField("shape"):
-        return tuple(int(d) for d in bp.shape.dim)
-    if any(bp.HasField(f) for f in _LEGACY_DIMS):
-        return tuple(int(getattr(bp, f)) for f in _LEGACY_DIMS)
-    n = len(bp.double_data) or len(bp.data)
-    return (n,) if n else ()
-
-
-def blob_array(bp, dtype=np.float32):
-    """The values of a BlobProto as a ``dtype`` array shaped by :func:`blob_shape`.
-
-    Reads ``double_data`` when it holds values, else ``data``."""
-    vals = bp.double_data if len(bp.double_data) else bp.data
-    arr = np.array(vals, dtype=dtype)
-    shape = blob_shape(bp)
-    need = int(np.prod(shape, dtype=np.int64))
-    if arr.size != need:
-        raise NetrunError(f"blob holds {arr.size} values but its shape {shape} needs {need}")
-    return arr.reshape(shape)
-
-
 # --------------------------------------------------------------------------------------
 # solver
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,46 @@
+"""BlobProto <-> numpy: shapes (current and legacy 4-D) and values."""
+import math
+
+import numpy as np
+
+from ..errors import NetrunError
+
+LEGACY_DIMS = ("num", "channels", "height", "width")
+
+
+def is_legacy(bp):
+    """True when the blob gives its shape as legacy num/channels/height/width."""
+    return not bp.HasField("shape") and any(bp.HasField(f) for f in LEGACY_DIMS)
+
+
+def blob_shape(bp):
+    """Shape of a BlobProto: ``shape.dim``, else the legacy 4-D dims (unset ones
+    count as 0, as in Caffe); a blob with neither is 1-D over its values."""
+    if bp.HasField("shape"):
+        return tuple(int(d) for d in bp.shape.dim)
+    if is_legacy(bp):
+        return tuple(int(getattr(bp, f)) for f in LEGACY_DIMS)
+    n = len(bp.double_data) or len(bp.data)
+    return (n,) if n else ()
+
+
+def blob_array(bp, dtype=np.float32, shape=None):
+    """The values (``double_data`` when present, else ``data``) as an array of
+    ``shape`` (default: :func:`blob_shape`)."""
+    vals = bp.double_data if len(bp.double_data) else bp.data
+    arr = np.asarray(vals, dtype=dtype)
+    shape = blob_shape(bp) if shape is None else tuple(shape)
+    need = math.prod(shape)
+    if arr.size != need:
+        raise NetrunError(f"blob holds {arr.size} values but its shape {shape} needs {need}")
+    return arr.reshape(shape)
+
+
+def shapes_match(shape, bp):
+    """Caffe's Blob::ShapeEquals: legacy dims compare against the shape padded to
+    4-D on the left (a bias (N,) matches 1x1x1xN)."""
+    if is_legacy(bp):
+        if len(shape) > 4:
+            return False
+        return (1,) * (4 - len(shape)) + tuple(shape) == blob_shape(bp)
+    return tuple(shape) == blob_shape(bp)
