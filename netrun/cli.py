@@ -411,6 +411,48 @@ def backward(**o):
         echo(o, f"saved {o['dump_diffs']}")
 
 
+@main.command()
+@click.argument("source")
+@click.argument("target")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def upgrade(source, target, quiet):
+    """Upgrade a V0/V1 net (prototxt or caffemodel) or a legacy solver to the current format.
+
+    The output is binary for .caffemodel/.binaryproto targets, text otherwise.
+
+    \b
+    Examples:
+      netrun upgrade old_deploy.prototxt deploy.prototxt
+      netrun upgrade old.caffemodel new.caffemodel
+    """
+    from google.protobuf import text_format
+    from .io.atomic import atomic_write
+    from .io.prototxt import parse_text, read_binary, read_text, upgrade_if_needed
+    from .io.upgrade import solver_needs_upgrade, upgrade_solver
+    from .proto import caffe_pb2
+    notes = []
+    if source.lower().endswith((".caffemodel", ".binaryproto")):
+        msg = upgrade_if_needed(read_binary(source, caffe_pb2.NetParameter()), notes.append)
+    else:
+        text = read_text(source)
+        try:
+            msg = upgrade_if_needed(parse_text(text, caffe_pb2.NetParameter(), source), notes.append)
+        except NetrunError as net_error:
+            try:
+                solver = parse_text(text, caffe_pb2.SolverParameter(), source)
+            except NetrunError:
+                raise net_error from None
+            msg = upgrade_solver(solver, notes.append) if solver_needs_upgrade(solver) else solver
+    binary = target.lower().endswith((".caffemodel", ".binaryproto"))
+    with atomic_write(target, "wb") as f:
+        f.write(msg.SerializeToString() if binary else text_format.MessageToString(msg).encode())
+    if not quiet:
+        for n in notes:
+            click.echo(f"netrun: {n}", err=True)
+        click.echo(f"wrote {target} ({'already current; ' if not notes else ''}"
+                   f"{'binary' if binary else 'text'})")
+
+
 @main.command("layers")
 def list_layers():
     """List the layer types netrun implements."""
@@ -425,3 +467,6 @@ def run():  # console-script entry point
 
 if __name__ == "__main__":
     sys.exit(run())
+from .commands.train import train_command, test_command  # noqa: E402
+main.add_command(train_command)
+main.add_command(test_command)

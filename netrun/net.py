@@ -161,8 +161,21 @@ def insert_splits(layers, origins, where):
     return out, out_origins
 
 
+# Every layer type BVLC Caffe registers (upstream master).
+BVLC_TYPES = frozenset("""
+AbsVal Accuracy ArgMax BNLL BatchNorm BatchReindex Bias Clip Concat ContrastiveLoss Convolution
+Crop Data Deconvolution Dropout DummyData ELU Eltwise Embed EuclideanLoss Exp Filter Flatten
+HDF5Data HDF5Output HingeLoss Im2col ImageData InfogainLoss InnerProduct Input LRN LSTM LSTMUnit
+Log MVN MemoryData MultinomialLogisticLoss PReLU Parameter Pooling Power Python RNN ReLU
+Reduction Reshape SPP Scale Sigmoid SigmoidCrossEntropyLoss Silence Slice Softmax
+SoftmaxWithLoss Split Swish TanH Threshold Tile WindowData""".split())
+
+
 def unknown_type_message(type_name):
     known = registered_types()
+    if type_name in BVLC_TYPES:
+        return f'layer type "{type_name}" is a BVLC Caffe layer that netrun does not implement yet'
+
     close = difflib.get_close_matches(type_name, known, n=3, cutoff=0.5)
     lower = {k.lower(): k for k in known}
     if type_name.lower() in lower and lower[type_name.lower()] not in close:
