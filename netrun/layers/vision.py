@@ -1,0 +1,963 @@
+"""Vision layers: Convolution, Deconvolution, Im2col, Pooling, SPP.
+
+Convolution geometry (per spatial axis i, Caffe's rules)
+--------------------------------------------------------
+kernel k, stride s, pad p, dilation d;  extent e = d (k - 1) + 1.
+
+    conv output     o = (n + 2p - e) / s + 1        (C integer division, truncating)
+    deconv output   o = s (n - 1) + e - 2p
+
+Blobs are (num, C, *spatial) with num = product of the axes before ``axis``.
+Weights are (conv_out, conv_in / group, *kernel): (num_output, channels/g, *k) for
+Convolution, (channels, num_output/g, *k) for Deconvolution.  Bias is (num_output,).
+
+im2col (Caffe's column buffer, channel-major rows):
+    col[(c, k_1..k_m), (n, o_1..o_m)] = x_pad[n, c, o_1 s_1 + k_1 d_1, ...]
+where x_pad is x zero-padded by p on each side (reads outside it are 0).
+col2im is its transpose: every column entry is *added* back to the input position
+it was read from (positions in the padding are dropped).
+
+With W_g the (conv_out/g, conv_in/g * K) rows of group g and col_g its rows:
+
+    Convolution   forward   y_g = W_g col_g(x) + b
+                  backward  dW_g += dy_g col_g(x)^T,   db += sum_{n, o} dy,
+                            dx = col2im(W_g^T dy_g)
+    Deconvolution forward   y = col2im(W_g^T x_g) + b          (= conv backward-data)
+                  backward  dW_g += x_g col_g(dy)^T,   db += sum dy,
+                            dx_g = W_g col_g(dy)               (= conv forward)
+
+The whole batch is one im2col and one (batched over groups) GEMM; the column buffer is
+only split into chunks of images when it would exceed ``COL_BUFFER_BYTES``.  A 1x1
+kernel with stride 1 and no padding needs no im2col (plain matmul).  Depthwise
+convolution (one input channel per group) runs as a loop over the kernel offsets of
+strided multiply-adds.
+
+Pooling (2-D, Caffe's PoolingLayer)
+-----------------------------------
+    o = ceil((n + 2p - k) / s) + 1        (round_mode CEIL, the default; FLOOR: floor)
+    if any pad > 0 and (o - 1) s >= n + p:  o -= 1   (the last window must start
+                                                       inside the image or left padding)
+Window of output j: start = j s - p.
+MAX:  y = max over the window clipped to the image [max(start, 0), min(start + k, n));
+      the first maximum in row-major window order wins (strict >, starting from
+      -FLT_MAX: NaN and values <= -FLT_MAX are never chosen; an empty window gives
+      -FLT_MAX and index -1).  The index h W + w (in its channel plane) is kept, and is
+      the optional second top (as float).  dx[argmax] += dy.
+AVE:  pool_size = (min(start + k, n + p) - start) per axis (clipped to the *padded*
+      input), y = (sum of the real pixels of the window) / pool_size;
+      dx[every real pixel of the window] += dy / pool_size.
+STOCHASTIC (Caffe has it on the GPU only; no padding):
+      TRAIN: u ~ U[0, 1) per output (ctx.rng), t = u * sum(window); the output is the
+             first window element (row-major) at which the running sum reaches >= t;
+             dx[that element] += dy.
+      TEST:  y = sum(x^2) / (FLT_MIN + sum(x))  (value-weighted average).
+global_pooling: kernel = the whole plane (pad 0, stride 1).
+
+SPP (spatial pyramid pooling)
+-----------------------------
+Level l = 0..pyramid_height-1: bins b = 2^l, kernel = stride = ceil(n / b),
+pad = (kernel b - n + 1) // 2, per axis; each level is pooled by the rules above,
+flattened to (N, C * oh * ow) and the levels are concatenated along axis 1.  With
+pyramid_height 1 the single level's (N, C, oh, ow) pooling is the top.  dx is the sum
+of the levels' pooling gradients.
+"""
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..errors import LayerError, check
+from ..proto import caffe_pb2
+from .base import Layer, canonical_axis, register
+
+FLT_MAX = float(np.finfo(np.float32).max)
+FLT_MIN = float(np.finfo(np.float32).tiny)
+
+# Largest column buffer built at once; bigger batches are processed in chunks of images.
+COL_BUFFER_BYTES = 1 << 28
+# 1x1 convolutions with at least this many output positions per image run one GEMM per
+# image (no transposed copies); smaller ones transpose into a single GEMM.
+_BIG_PLANE = 1024
+
+_DOC_CONV = __doc__[__doc__.index("Convolution geometry"):__doc__.index("Pooling (2-D")]
+_DOC_POOL = __doc__[__doc__.index("Pooling (2-D"):__doc__.index("SPP (spatial")]
+_DOC_SPP = __doc__[__doc__.index("SPP (spatial"):]
+
+_POOL = caffe_pb2.PoolingParameter
+MAX, AVE, STOCHASTIC = _POOL.MAX, _POOL.AVE, _POOL.STOCHASTIC
+_POOL_FIELDS = set(_POOL.DESCRIPTOR.fields_by_name)
+_ALL = slice(None)
+
+
+def _prod(xs):
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+def _cdiv(a, b):
+    """C integer division (truncates toward zero), as Caffe computes output sizes."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+# =====================================================================================
+# Convolution geometry: im2col / col2im and the three products
+# =====================================================================================
+class ConvGeometry:
+    """Kernel, stride, pad and dilation of an N-d convolution (N >= 0 spatial axes)."""
+
+    def __init__(self, kernel, stride, pad, dilation):
+        self.kernel = tuple(int(k) for k in kernel)
+        self.stride = tuple(int(s) for s in stride)
+        self.pad = tuple(int(p) for p in pad)
+        self.dilation = tuple(int(d) for d in dilation)
+        self.nsp = len(self.kernel)
+        self.extent = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+        self.K = _prod(self.kernel)
+        self.is_1x1 = all(k == 1 and s == 1 and p == 0
+                          for k, s, p in zip(self.kernel, self.stride, self.pad))
+
+    def conv_out(self, in_sp):
+        return tuple(_cdiv(n + 2 * p - e, s) + 1
+                     for n, p, e, s in zip(in_sp, self.pad, self.extent, self.stride))
+
+    def deconv_out(self, in_sp):
+        return tuple(s * (n - 1) + e - 2 * p
+                     for n, p, e, s in zip(in_sp, self.pad, self.extent, self.stride))
+
+    # -- padding and windows -----------------------------------------------------------
+    def _pads(self, in_sp, out_sp):
+        """(before, after) per axis so every window lies inside the padded array."""
+        return [(p, max(0, (o - 1) * s + e - n - p))
+                for n, o, p, s, e in zip(in_sp, out_sp, self.pad, self.stride, self.extent)]
+
+    def padded(self, x, out_sp):
+        """x (num, C, *in) zero-padded (x itself when no padding is needed)."""
+        pads = self._pads(x.shape[2:], out_sp)
+        if not any(lo or hi for lo, hi in pads):
+            return x
+        xp = np.zeros(x.shape[:2] + tuple(n + lo + hi for n, (lo, hi) in
+                                          zip(x.shape[2:], pads)), x.dtype)
+        xp[(_ALL, _ALL) + tuple(slice(lo, lo + n) for n, (lo, _) in
+                                zip(x.shape[2:], pads))] = x
+        return xp
+
+    def windows(self, xp, out_sp):
+        """Read-only view (num, C, *out, *kernel) of the padded input."""
+        st = xp.strides
+        shape = xp.shape[:2] + tuple(out_sp) + self.kernel
+        strides = (st[:2] + tuple(st[2 + i] * s for i, s in enumerate(self.stride))
+                   + tuple(st[2 + i] * d for i, d in enumerate(self.dilation)))
+        return as_strided(xp, shape, strides, writeable=False)
+
+    def offset_slices(self, kidx, out_sp):
+        """Slices of the padded input read by kernel offset ``kidx`` for all outputs."""
+        return tuple(slice(k * d, k * d + s * (o - 1) + 1, s)
+                     for k, d, s, o in zip(kidx, self.dilation, self.stride, out_sp))
+
+    def im2col(self, x, out_sp):
+        """Column buffer (C*K, num*P): rows (c, *k) channel-major, columns (n, *out)."""
+        num, C = x.shape[:2]
+        nsp = self.nsp
+        v = self.windows(self.padded(x, out_sp), out_sp)
+        perm = ((1,) + tuple(range(2 + nsp, 2 + 2 * nsp)) + (0,)
+                + tuple(range(2, 2 + nsp)))
+        cols = np.empty((C,) + self.kernel + (num,) + tuple(out_sp), x.dtype)
+        np.copyto(cols, v.transpose(perm))
+        return cols.reshape(C * self.K, num * _prod(out_sp))
+
+    def col2im(self, cols, in_sp, out_sp):
+        """Sum a column view (num, C, *kernel, *out) back into a (num, C, *in) image."""
+        num, C = cols.shape[:2]
+        pads = self._pads(in_sp, out_sp)
+        acc = np.zeros((num, C) + tuple(n + lo + hi for n, (lo, hi) in zip(in_sp, pads)),
+                       cols.dtype)
+        if _prod(out_sp) > 0:
+            for kidx in np.ndindex(*self.kernel):
+                acc[(_ALL, _ALL) + self.offset_slices(kidx, out_sp)] += \
+                    cols[(_ALL, _ALL) + kidx]
+        return acc[(_ALL, _ALL) + tuple(slice(lo, lo + n) for n, (lo, _) in
+                                        zip(in_sp, pads))]
+
+    def cols_view(self, cols, C, num, out_sp):
+        """The (C*K, num*P) buffer seen as (num, C, *kernel, *out) (no copy)."""
+        nsp = self.nsp
+        v = cols.reshape((C,) + self.kernel + (num,) + tuple(out_sp))
+        perm = (1 + nsp, 0) + tuple(range(1, 1 + nsp)) + tuple(range(2 + nsp, 2 + 2 * nsp))
+        return v.transpose(perm)
+
+    # -- the conv products -------------------------------------------------------------
+    # x: conv input (num, Ci, *in);  dy / y: conv output (num, Co, *out);
+    # w: (Co, Ci/G, *kernel).  Deconvolution uses them with the roles swapped.
+
+    def prepare(self, x, out_sp, group):
+        """What conv_forward / conv_weight_grad read from the conv input x."""
+        if self.is_1x1:
+            return ("1x1", x)
+        if x.shape[1] == group:              # one input channel per group (depthwise)
+            return ("dw", self.padded(x, out_sp))
+        return ("cols", self.im2col(x, out_sp))
+
+    def conv_forward(self, prep, w, group, num, out_sp):
+        """y[n, o] = sum_{c in group(o), k} w[o, c, k] x_pad[n, c, out s + k d]."""
+        kind, a = prep
+        Co, Cg = w.shape[:2]
+        G, Og, P, K = group, Co // group, _prod(out_sp), self.K
+        if kind == "1x1":
+            wg = w.reshape(G, Og, Cg)
+            xs = a.reshape(num, G, Cg, P)
+            if num == 1 or P >= _BIG_PLANE:
+                return np.matmul(wg, xs).reshape((num, Co) + tuple(out_sp))
+            xt = xs.transpose(1, 2, 0, 3).reshape(G, Cg, num * P)
+            return _to_batch_major(np.matmul(wg, xt), Co, num, out_sp)
+        if kind == "dw":
+            return self._dw_forward(a, w, G, num, out_sp)
+        y = np.matmul(w.reshape(G, Og, Cg * K), a.reshape(G, Cg * K, num * P))
+        return _to_batch_major(y, Co, num, out_sp)
+
+    def conv_backward_data(self, dy, w, group, in_sp):
+        """dx = col2im(W_g^T dy_g): the transpose of conv_forward."""
+        num, Co = dy.shape[:2]
+        out_sp = dy.shape[2:]
+        Cg = w.shape[1]
+        G, Og, P, K = group, Co // group, _prod(out_sp), self.K
+        Ci = Cg * G
+        wt = w.reshape(G, Og, Cg * K).transpose(0, 2, 1)          # (G, Cg*K, Og)
+        if self.is_1x1:
+            ys = dy.reshape(num, G, Og, P)
+            if num == 1 or P >= _BIG_PLANE:
+                return np.matmul(wt, ys).reshape((num, Ci) + tuple(in_sp))
+            dx = np.matmul(wt, _group_major(dy, G, Og, num, P))
+            return _to_batch_major(dx, Ci, num, in_sp)
+        if Cg == 1:
+            return self._dw_backward_data(dy, w, G, in_sp)
+        dcols = np.matmul(wt, _group_major(dy, G, Og, num, P))       # (G, Cg*K, num*P)
+        return self.col2im(self.cols_view(dcols, Ci, num, out_sp), in_sp, out_sp)
+
+    def conv_weight_grad(self, prep, dy, group):
+        """dW_g = dy_g col_g(x)^T, shape (Co, Ci/G, *kernel)."""
+        kind, a = prep
+        num, Co = dy.shape[:2]
+        out_sp = dy.shape[2:]
+        G, Og, P, K = group, Co // group, _prod(out_sp), self.K
+        if kind == "dw":
+            return self._dw_weight_grad(a, dy, G)
+        dyg = _group_major(dy, G, Og, num, P)                        # (G, Og, num*P)
+        if kind == "1x1":
+            Cg = a.shape[1] // G
+            xg = _group_major(a, G, Cg, num, P)
+            return np.matmul(dyg, xg.transpose(0, 2, 1)).reshape((Co, Cg) + self.kernel)
+        cols = a.reshape(G, -1, num * P)
+        Cg = cols.shape[1] // K
+        return np.matmul(dyg, cols.transpose(0, 2, 1)).reshape((Co, Cg) + self.kernel)
+
+    # -- depthwise (one conv-input channel per group): loop over kernel offsets ---------
+    def _dw_forward(self, xp, w, G, num, out_sp):
+        Co = w.shape[0]
+        Og = Co // G
+        nsp = self.nsp
+        wk = w.reshape(G, Og, self.K)
+        if Og == 1:
+            shape, bshape, expand = (num, G) + tuple(out_sp), (G,) + (1,) * nsp, ()
+        else:
+            shape, bshape, expand = (num, G, Og) + tuple(out_sp), (G, Og) + (1,) * nsp, (None,)
+        y = np.empty(shape, w.dtype)
+        tmp = np.empty_like(y)
+        for ki, kidx in enumerate(np.ndindex(*self.kernel)):
+            xs = xp[(_ALL, _ALL) + expand + self.offset_slices(kidx, out_sp)]
+            wv = wk[:, :, ki].reshape(bshape)
+            if ki == 0:
+                np.multiply(xs, wv, out=y)
+            else:
+                np.multiply(xs, wv, out=tmp)
+                y += tmp
+        return y.reshape((num, Co) + tuple(out_sp))
+
+    def _dw_backward_data(self, dy, w, G, in_sp):
+        num, Co = dy.shape[:2]
+        out_sp = dy.shape[2:]
+        Og = Co // G
+        nsp = self.nsp
+        wk = w.reshape(G, Og, self.K)
+        dy5 = dy.reshape((num, G, Og) + tuple(out_sp))
+        pads = self._pads(in_sp, out_sp)
+        acc = np.zeros((num, G) + tuple(n + lo + hi for n, (lo, hi) in zip(in_sp, pads)),
+                       dy.dtype)
+        tmp = np.empty((num, G) + tuple(out_sp), dy.dtype)
+        for ki, kidx in enumerate(np.ndindex(*self.kernel)):
+            if Og == 1:
+                np.multiply(dy5[:, :, 0], wk[:, 0, ki].reshape((G,) + (1,) * nsp), out=tmp)
+            else:
+                np.einsum("ngj...,gj->ng...", dy5, wk[:, :, ki], out=tmp)
+            acc[(_ALL, _ALL) + self.offset_slices(kidx, out_sp)] += tmp
+        return acc[(_ALL, _ALL) + tuple(slice(lo, lo + n) for n, (lo, _) in
+                                        zip(in_sp, pads))]
+
+    def _dw_weight_grad(self, xp, dy, G):
+        num, Co = dy.shape[:2]
+        out_sp = dy.shape[2:]
+        Og = Co // G
+        dy5 = dy.reshape((num, G, Og) + tuple(out_sp))
+        dw = np.empty((G, Og, self.K), dy.dtype)
+        sp = "pqrstuvwxyz"[:self.nsp]
+        for ki, kidx in enumerate(np.ndindex(*self.kernel)):
+            xs = xp[(_ALL, _ALL) + self.offset_slices(kidx, out_sp)]
+            dw[:, :, ki] = np.einsum(f"ngj{sp},ng{sp}->gj", dy5, xs)
+        return dw.reshape((Co, 1) + self.kernel)
+
+
+def _group_major(a, G, Cg, num, P):
+    """(num, G*Cg, *sp) -> (G, Cg, num*P) (a copy unless num == 1)."""
+    return a.reshape(num, G, Cg, P).transpose(1, 2, 0, 3).reshape(G, Cg, num * P)
+
+
+def _to_batch_major(y, C, num, sp):
+    """(G, Cg, num*P) -> view (num, C, *sp)."""
+    nsp = len(sp)
+    return y.reshape((C, num) + tuple(sp)).transpose((1, 0) + tuple(range(2, 2 + nsp)))
+
+
+def conv_geometry(cp, nsp):
+    """ConvGeometry from a ConvolutionParameter for ``nsp`` spatial axes (Caffe's rules)."""
+    def pick(name, h, w, values, default):
+        if cp.HasField(h) or cp.HasField(w):
+            check(nsp == 2, f"{h} & {w} can only be used for 2-D convolution "
+                            f"(this one has {nsp} spatial axes)")
+            check(len(values) == 0, f"give either {name} or {h}/{w}, not both")
+            return (int(getattr(cp, h)), int(getattr(cp, w)))
+        n = len(values)
+        if default is None:
+            check(n == 1 or n == nsp, f"{name} must be given once or once per spatial "
+                                      f"axis ({name} given {n} times; {nsp} spatial axes)")
+        else:
+            check(n in (0, 1, nsp), f"{name} must be given once or once per spatial "
+                                    f"axis ({name} given {n} times; {nsp} spatial axes)")
+            if n == 0:
+                return (default,) * nsp
+        return tuple(int(values[0 if n == 1 else i]) for i in range(nsp))
+
+    kernel = pick("kernel_size", "kernel_h", "kernel_w", cp.kernel_size, None)
+    check(all(k > 0 for k in kernel), f"kernel dimensions must be positive, got {kernel}")
+    stride = pick("stride", "stride_h", "stride_w", cp.stride, 1)
+    check(all(s > 0 for s in stride), f"stride dimensions must be positive, got {stride}")
+    pad = pick("pad", "pad_h", "pad_w", cp.pad, 0)
+    nd = len(cp.dilation)
+    check(nd in (0, 1, nsp), f"dilation must be given once or once per spatial axis "
+                             f"(dilation given {nd} times; {nsp} spatial axes)")
+    dilation = tuple(1 if nd == 0 else int(cp.dilation[0 if nd == 1 else i])
+                     for i in range(nsp))
+    return ConvGeometry(kernel, stride, pad, dilation)
+
+
+# =====================================================================================
+# Convolution / Deconvolution
+# =====================================================================================
+class _BaseConvolution(Layer):
+    """Shared setup of Convolution and Deconvolution (Caffe's BaseConvolutionLayer).
+
+    Several bottoms may be given, one top each; all share the weights and must have
+    the same shape.
+    """
+    min_bottoms = 1
+    min_tops = 1
+    reverse = False          # Deconvolution: conv input/output roles swapped
+
+    def setup(self, bottom, top):
+        check(len(bottom) == len(top),
+              f"{self.type} needs one top per bottom ({len(bottom)} bottoms, {len(top)} tops)")
+        cp = self.param.convolution_param
+        self.axis = canonical_axis(cp.axis, bottom[0].num_axes)
+        self.nsp = bottom[0].num_axes - self.axis - 1
+        self.geom = conv_geometry(cp, self.nsp)
+        self.channels = int(bottom[0].shape[self.axis])
+        self.num_output = int(cp.num_output)
+        check(self.num_output > 0, "convolution_param.num_output must be positive")
+        self.group = int(cp.group)
+        check(self.group > 0, "convolution_param.group must be positive")
+        check(self.channels % self.group == 0,
+              f"{self.channels} input channels are not a multiple of group {self.group}")
+        check(self.num_output % self.group == 0,
+              f"num_output {self.num_output} is not a multiple of group {self.group}")
+        if self.reverse:
+            self.conv_out, self.conv_in = self.channels, self.num_output
+        else:
+            self.conv_out, self.conv_in = self.num_output, self.channels
+        wshape = (self.conv_out, self.conv_in // self.group) + self.geom.kernel
+        self.bias_term = bool(cp.bias_term)
+        self.blobs = [self.new_param(wshape, cp.weight_filler)]
+        if self.bias_term:
+            self.blobs.append(self.new_param((self.num_output,), cp.bias_filler))
+
+    def reshape(self, bottom, top):
+        b0 = bottom[0]
+        check(b0.num_axes == self.axis + 1 + self.nsp,
+              f"bottom has {b0.num_axes} axes, the layer was set up for "
+              f"{self.axis + 1 + self.nsp}: the number of axes may not change")
+        check(b0.shape[self.axis] == self.channels,
+              f"bottom shape {b0.shape} has {b0.shape[self.axis]} channels at axis "
+              f"{self.axis}, the weights expect {self.channels}")
+        for i, b in enumerate(bottom[1:], 1):
+            check(b.shape == b0.shape,
+                  f"bottom {i} has shape {b.shape}, bottom 0 {b0.shape}: all must match")
+        self.num = _prod(b0.shape[:self.axis])
+        self.in_sp = tuple(b0.shape[self.axis + 1:])
+        out_sp = (self.geom.deconv_out(self.in_sp) if self.reverse
+                  else self.geom.conv_out(self.in_sp))
+        if any(o <= 0 for o in out_sp):
+            raise LayerError(
+                f"{self.type} of input shape {b0.shape} with kernel {self.geom.kernel}, "
+                f"stride {self.geom.stride}, pad {self.geom.pad}, dilation "
+                f"{self.geom.dilation} gives an empty output {out_sp}")
+        self.out_sp = out_sp
+        shape = b0.shape[:self.axis] + (self.num_output,) + out_sp
+        for t in top:
+            t.reshape(shape)
+
+    def _ppd(self, k):
+        ppd = self.param_propagate_down
+        return bool(ppd[k]) if k < len(ppd) else True
+
+    def _chunks(self, per_image_bytes):
+        step = max(1, COL_BUFFER_BYTES // max(1, per_image_bytes))
+        return [(a, min(self.num, a + step)) for a in range(0, self.num, step)]
+
+    def _col_bytes(self, conv_in_sp_channels, conv_out_sp, itemsize):
+        if self.geom.is_1x1 or conv_in_sp_channels == self.group:
+            return 0
+        return conv_in_sp_channels * self.geom.K * _prod(conv_out_sp) * itemsize
+
+    def _bias(self):
+        return self.blobs[1].data.reshape((self.num_output,) + (1,) * self.nsp)
+
+    def _write(self, out, y):
+        if self.bias_term:
+            np.add(y, self._bias(), out=out)
+        else:
+            np.copyto(out, y)
+
+    def _bias_grad(self, dy):
+        self.blobs[1].diff += dy.sum(axis=(0,) + tuple(range(2, 2 + self.nsp)),
+                                     dtype=dy.dtype)
+
+
+@register("Convolution")
+class Convolution(_BaseConvolution):
+    __doc__ = "y = W * x + b: N-d, grouped, strided, padded, dilated.\n\n" + _DOC_CONV
+
+    def forward(self, bottom, top):
+        g, G = self.geom, self.group
+        w = self.blobs[0].data
+        C, O = self.channels, self.num_output
+        per = self._col_bytes(C, self.out_sp, w.itemsize)
+        for b, t in zip(bottom, top):
+            x = b.data.reshape((self.num, C) + self.in_sp)
+            y = t.data.reshape((self.num, O) + self.out_sp)
+            for a, z in self._chunks(per):
+                prep = g.prepare(x[a:z], self.out_sp, G)
+                self._write(y[a:z], g.conv_forward(prep, w, G, z - a, self.out_sp))
+
+    def backward(self, top, propagate_down, bottom):
+        g, G = self.geom, self.group
+        w = self.blobs[0].data
+        C, O = self.channels, self.num_output
+        want_w = self._ppd(0)
+        per = self._col_bytes(C, self.out_sp, w.itemsize)
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            dy = t.diff.reshape((self.num, O) + self.out_sp)
+            if self.bias_term and self._ppd(1):
+                self._bias_grad(dy)
+            if not (want_w or propagate_down[i]):
+                continue
+            x = b.data.reshape((self.num, C) + self.in_sp)
+            dx = b.diff.reshape((self.num, C) + self.in_sp) if propagate_down[i] else None
+            for a, z in self._chunks(per):
+                if want_w:
+                    prep = g.prepare(x[a:z], self.out_sp, G)
+                    self.blobs[0].diff += g.conv_weight_grad(prep, dy[a:z], G)
+                if dx is not None:
+                    dx[a:z] = g.conv_backward_data(dy[a:z], w, G, self.in_sp)
+
+
+@register("Deconvolution")
+class Deconvolution(_BaseConvolution):
+    __doc__ = "The transpose of Convolution (forward = conv backward-data).\n\n" + _DOC_CONV
+    reverse = True
+
+    def forward(self, bottom, top):
+        g, G = self.geom, self.group
+        w = self.blobs[0].data
+        C, O = self.channels, self.num_output
+        per = self._col_bytes(O, self.in_sp, w.itemsize)
+        for b, t in zip(bottom, top):
+            x = b.data.reshape((self.num, C) + self.in_sp)
+            y = t.data.reshape((self.num, O) + self.out_sp)
+            for a, z in self._chunks(per):
+                self._write(y[a:z], g.conv_backward_data(x[a:z], w, G, self.out_sp))
+
+    def backward(self, top, propagate_down, bottom):
+        g, G = self.geom, self.group
+        w = self.blobs[0].data
+        C, O = self.channels, self.num_output
+        want_w = self._ppd(0)
+        per = self._col_bytes(O, self.in_sp, w.itemsize)
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            dy = t.diff.reshape((self.num, O) + self.out_sp)
+            if self.bias_term and self._ppd(1):
+                self._bias_grad(dy)
+            if not (want_w or propagate_down[i]):
+                continue
+            x = b.data.reshape((self.num, C) + self.in_sp)
+            dx = b.diff.reshape((self.num, C) + self.in_sp) if propagate_down[i] else None
+            for a, z in self._chunks(per):
+                prep = g.prepare(dy[a:z], self.in_sp, G)     # col(dy), used twice
+                if want_w:
+                    self.blobs[0].diff += g.conv_weight_grad(prep, x[a:z], G)
+                if dx is not None:
+                    dx[a:z] = g.conv_forward(prep, w, G, z - a, self.in_sp)
+
+
+@register("Im2col")
+class Im2col(Layer):
+    """Caffe's im2col as a layer: top (num, C*K, *out) with
+    top[n, (c, k_1..k_m), o_1..o_m] = x_pad[n, c, o_i s_i + k_i d_i]  (channel-major rows,
+    o = (n + 2p - e) / s + 1);  backward: dx = col2im(dy) (sum over the reads).
+    """
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def setup(self, bottom, top):
+        cp = self.param.convolution_param
+        self.axis = canonical_axis(cp.axis, bottom[0].num_axes)
+        self.nsp = bottom[0].num_axes - self.axis - 1
+        check(self.nsp >= 1, f"Im2col needs at least one spatial axis after axis {self.axis}"
+                             f" (bottom shape {bottom[0].shape})")
+        self.geom = conv_geometry(cp, self.nsp)
+
+    def reshape(self, bottom, top):
+        b0 = bottom[0]
+        check(b0.num_axes == self.axis + 1 + self.nsp,
+              f"bottom has {b0.num_axes} axes, the layer was set up for "
+              f"{self.axis + 1 + self.nsp}")
+        self.num = _prod(b0.shape[:self.axis])
+        self.C = int(b0.shape[self.axis])
+        self.in_sp = tuple(b0.shape[self.axis + 1:])
+        self.out_sp = self.geom.conv_out(self.in_sp)
+        if any(o <= 0 for o in self.out_sp):
+            raise LayerError(f"Im2col of input shape {b0.shape} with kernel "
+                             f"{self.geom.kernel} gives an empty output {self.out_sp}")
+        top[0].reshape(b0.shape[:self.axis] + (self.C * self.geom.K,) + self.out_sp)
+
+    def forward(self, bottom, top):
+        g, nsp = self.geom, self.nsp
+        x = bottom[0].data.reshape((self.num, self.C) + self.in_sp)
+        v = g.windows(g.padded(x, self.out_sp), self.out_sp)       # (n, C, *out, *k)
+        perm = (0, 1) + tuple(range(2 + nsp, 2 + 2 * nsp)) + tuple(range(2, 2 + nsp))
+        out = top[0].data.reshape((self.num, self.C) + g.kernel + self.out_sp)
+        np.copyto(out, v.transpose(perm))
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        g = self.geom
+        dy = top[0].diff.reshape((self.num, self.C) + g.kernel + self.out_sp)
+        dx = g.col2im(dy, self.in_sp, self.out_sp)
+        bottom[0].diff.reshape((self.num, self.C) + self.in_sp)[...] = dx
+
+
+# =====================================================================================
+# Pooling
+# =====================================================================================
+class PoolGeometry:
+    """2-D pooling windows (Caffe's PoolingLayer::Reshape rules)."""
+
+    def __init__(self, H, W, kernel, stride, pad, ceil=True):
+        self.H, self.W = int(H), int(W)
+        self.kh, self.kw = (int(k) for k in kernel)
+        self.sh, self.sw = (int(s) for s in stride)
+        self.ph, self.pw = (int(p) for p in pad)
+        rnd = math.ceil if ceil else math.floor
+        oh = int(rnd((self.H + 2 * self.ph - self.kh) / self.sh)) + 1
+        ow = int(rnd((self.W + 2 * self.pw - self.kw) / self.sw)) + 1
+        if self.ph or self.pw:
+            # the last window must start inside the image or its left/top padding
+            if (oh - 1) * self.sh >= self.H + self.ph:
+                oh -= 1
+            if (ow - 1) * self.sw >= self.W + self.pw:
+                ow -= 1
+        self.oh, self.ow = oh, ow
+        self.out_shape = (oh, ow)
+        self.K = self.kh * self.kw
+        self.overlap = self.sh < self.kh or self.sw < self.kw
+
+    def starts(self):
+        """Window starts (may be negative) along h and w."""
+        return (np.arange(self.oh) * self.sh - self.ph, np.arange(self.ow) * self.sw - self.pw)
+
+    def padded(self, x, value):
+        """x (N, C, H, W) padded with ``value`` so every (unclipped) window lies inside."""
+        rh = max(0, (self.oh - 1) * self.sh + self.kh - self.H - self.ph)
+        rw = max(0, (self.ow - 1) * self.sw + self.kw - self.W - self.pw)
+        if not (self.ph or self.pw or rh or rw):
+            return x
+        xp = np.full(x.shape[:2] + (self.ph + self.H + rh, self.pw + self.W + rw), value,
+                     x.dtype)
+        xp[:, :, self.ph:self.ph + self.H, self.pw:self.pw + self.W] = x
+        return xp
+
+    def offsets(self):
+        """(kh, kw, slices into the padded input) in row-major window order."""
+        for i in range(self.kh):
+            for j in range(self.kw):
+                yield i, j, (_ALL, _ALL, slice(i, i + self.sh * (self.oh - 1) + 1, self.sh),
+                             slice(j, j + self.sw * (self.ow - 1) + 1, self.sw))
+
+    def in_plane_index(self, kh, kw):
+        """h*W + w of window offset (kh, kw) for every output, shape (oh, ow)."""
+        hs, ws = self.starts()
+        return (hs + kh)[:, None] * self.W + (ws + kw)[None, :]
+
+    def pool_size(self):
+        """AVE divisor: the window clipped to the padded input, shape (oh, ow)."""
+        hs, ws = self.starts()
+        sh = np.minimum(hs + self.kh, self.H + self.ph) - hs
+        sw = np.minimum(ws + self.kw, self.W + self.pw) - ws
+        return sh[:, None] * sw[None, :]
+
+    def single_window(self):
+        """(h0, h1, w0, w1) of the real pixels when there is a single output, else None."""
+        if self.oh != 1 or self.ow != 1:
+            return None
+        return (max(-self.ph, 0), min(self.kh - self.ph, self.H),
+                max(-self.pw, 0), min(self.kw - self.pw, self.W))
+
+
+def max_pool(x, g):
+    """(y, idx): window maxima and their in-plane index h*W + w (-1: none)."""
+    N, C = x.shape[:2]
+    neg = x.dtype.type(-FLT_MAX)
+    sw = g.single_window()
+    if sw is not None and g.K > 16:
+        h0, h1, w0, w1 = sw
+        rw = w1 - w0
+        if h1 <= h0 or rw <= 0:
+            return np.full((N, C, 1, 1), neg, x.dtype), np.full((N, C, 1, 1), -1, np.int64)
+        v = x[:, :, h0:h1, w0:w1].reshape(N, C, -1)
+        k = np.argmax(v, axis=-1)
+        m = np.take_along_axis(v, k[..., None], -1)[..., 0]
+        if np.isnan(m).any():                      # NaN never wins a strict > comparison
+            v = np.where(np.isnan(v), -np.inf, v).astype(x.dtype)
+            k = np.argmax(v, axis=-1)
+            m = np.take_along_axis(v, k[..., None], -1)[..., 0]
+        none = ~(m > neg)
+        idx = (k // rw + h0) * g.W + (k % rw + w0)
+        y = np.where(none, neg, m).astype(x.dtype)
+        idx = np.where(none, -1, idx)
+        return y.reshape(N, C, 1, 1), idx.reshape(N, C, 1, 1).astype(np.int64)
+    xp = g.padded(x, -np.inf)
+    cur = np.full((N, C) + g.out_shape, neg, x.dtype)
+    arg = np.full((N, C) + g.out_shape, -1, np.int32)
+    better = np.empty(cur.shape, bool)
+    for k, (_, _, sl) in enumerate(g.offsets()):
+        v = xp[sl]
+        np.greater(v, cur, out=better)
+        np.copyto(cur, v, where=better)
+        np.copyto(arg, k, where=better)
+    kh, kw = np.divmod(arg, g.kw)
+    hs, ws = g.starts()
+    idx = (hs[:, None] + kh) * g.W + (ws[None, :] + kw)
+    idx = np.where(arg >= 0, idx, -1).astype(np.int64)
+    return cur, idx
+
+
+def ave_pool(x, g):
+    """Sum of the real pixels of each window / pool_size (clipped to the padded input)."""
+    N, C = x.shape[:2]
+    size = g.pool_size().astype(x.dtype)
+    sw = g.single_window()
+    if sw is not None and g.K > 16:
+        h0, h1, w0, w1 = sw
+        v = x[:, :, h0:h1, w0:w1].reshape(N, C, -1)
+        s = (np.cumsum(v, axis=-1, dtype=x.dtype)[..., -1] if v.shape[-1]
+             else np.zeros((N, C), x.dtype))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (s / size[0, 0]).reshape(N, C, 1, 1).astype(x.dtype)
+    xp = g.padded(x, 0)
+    acc = np.zeros((N, C) + g.out_shape, x.dtype)
+    for _, _, sl in g.offsets():
+        acc += xp[sl]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc /= size
+    return acc
+
+
+def ave_pool_backward(dy, g):
+    """dx[every real pixel of a window] += dy / pool_size."""
+    N, C = dy.shape[:2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = (dy / g.pool_size().astype(dy.dtype)).astype(dy.dtype)
+    sw = g.single_window()
+    if sw is not None:
+        h0, h1, w0, w1 = sw
+        dx = np.zeros((N, C, g.H, g.W), dy.dtype)
+        dx[:, :, h0:h1, w0:w1] = share
+        return dx
+    rh = max(0, (g.oh - 1) * g.sh + g.kh - g.H - g.ph)
+    rw = max(0, (g.ow - 1) * g.sw + g.kw - g.W - g.pw)
+    acc = np.zeros((N, C, g.ph + g.H + rh, g.pw + g.W + rw), dy.dtype)
+    for _, _, sl in g.offsets():
+        acc[sl] += share
+    return acc[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W]
+
+
+def stochastic_pool_train(x, g, u):
+    """(y, idx): the element where the running window sum first reaches u * sum."""
+    N, C = x.shape[:2]
+    xp = g.padded(x, 0)
+    total = np.zeros((N, C) + g.out_shape, x.dtype)
+    for _, _, sl in g.offsets():
+        total += xp[sl]
+    thres = (u.astype(x.dtype) * total).astype(x.dtype)
+    cum = np.zeros_like(total)
+    found = np.zeros(total.shape, bool)
+    y = np.zeros_like(total)
+    idx = np.full(total.shape, -1, np.int64)
+    hs, ws = g.starts()
+    hit = np.empty(total.shape, bool)
+    for kh, kw, sl in g.offsets():
+        v = xp[sl]
+        cum += v
+        np.greater_equal(cum, thres, out=hit)
+        hit &= ~found
+        hit &= ((hs + kh < g.H)[:, None] & (ws + kw < g.W)[None, :])
+        np.copyto(y, v, where=hit)
+        np.copyto(idx, np.broadcast_to(g.in_plane_index(kh, kw), idx.shape), where=hit)
+        found |= hit
+    return y, idx
+
+
+def stochastic_pool_test(x, g):
+    """sum(x^2) / (FLT_MIN + sum(x)) over each window."""
+    xp = g.padded(x, 0)
+    s = np.full(x.shape[:2] + g.out_shape, FLT_MIN, x.dtype)
+    s2 = np.zeros_like(s)
+    for _, _, sl in g.offsets():
+        v = xp[sl]
+        s += v
+        s2 += v * v
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return s2 / s
+
+
+def scatter_pool_backward(dy, idx, g):
+    """dx[n, c, idx] += dy (idx: in-plane index h*W + w; out-of-range ones dropped)."""
+    N, C = dy.shape[:2]
+    HW = g.H * g.W
+    idx = idx.reshape(N * C, -1)
+    d = dy.reshape(N * C, -1)
+    ok = (idx >= 0) & (idx < HW)
+    flat = (np.arange(N * C, dtype=np.int64)[:, None] * HW + idx)[ok]
+    vals = d[ok]
+    if not g.overlap:                       # each input feeds at most one window
+        dx = np.zeros(N * C * HW, dy.dtype)
+        dx[flat] = vals
+    else:
+        dx = np.bincount(flat, weights=vals, minlength=N * C * HW).astype(dy.dtype)
+    return dx.reshape(N, C, g.H, g.W)
+
+
+def _pool_round_ceil(pp, warn):
+    """True for CEIL rounding: round_mode, or the fork field ceil_mode."""
+    if "round_mode" in _POOL_FIELDS and pp.HasField("round_mode"):
+        return pp.round_mode == _POOL.CEIL
+    if "ceil_mode" in _POOL_FIELDS and pp.HasField("ceil_mode"):
+        if not pp.ceil_mode:
+            warn("pooling_param.ceil_mode is not a BVLC Caffe field: "
+                 "ceil_mode: false is read as round_mode: FLOOR")
+        return bool(pp.ceil_mode)
+    return True
+
+
+@register("Pooling")
+class Pooling(Layer):
+    __doc__ = ("2-D MAX / AVE / STOCHASTIC pooling (optional second top: the MAX mask).\n\n"
+               + _DOC_POOL)
+    exact_bottoms = 1
+    min_tops = 1
+    max_tops = 2
+
+    def setup(self, bottom, top):
+        pp = self.param.pooling_param
+        self.method = pp.pool
+        check(self.method in (MAX, AVE, STOCHASTIC), f"unknown pooling method {pp.pool}")
+        check(len(top) == 1 or self.method == MAX,
+              "only MAX pooling can have a second top (the mask)")
+        self.global_pooling = pp.global_pooling
+        if self.global_pooling:
+            check(not (pp.HasField("kernel_size") or pp.HasField("kernel_h")
+                       or pp.HasField("kernel_w")),
+                  "with global_pooling: true the kernel size cannot be given")
+            self.kernel = None
+        else:
+            check(pp.HasField("kernel_size") != (pp.HasField("kernel_h")
+                                                 and pp.HasField("kernel_w")),
+                  "give kernel_size, or kernel_h and kernel_w; not both")
+            check(pp.HasField("kernel_size") or (pp.HasField("kernel_h")
+                                                 and pp.HasField("kernel_w")),
+                  "non-square pooling needs both kernel_h and kernel_w")
+            self.kernel = ((pp.kernel_size, pp.kernel_size) if pp.HasField("kernel_size")
+                           else (pp.kernel_h, pp.kernel_w))
+            check(min(self.kernel) > 0, f"pooling kernel must be positive, got {self.kernel}")
+        check((not pp.HasField("pad") and pp.HasField("pad_h") and pp.HasField("pad_w"))
+              or (not pp.HasField("pad_h") and not pp.HasField("pad_w")),
+              "give pad, or pad_h and pad_w")
+        check((not pp.HasField("stride") and pp.HasField("stride_h")
+               and pp.HasField("stride_w"))
+              or (not pp.HasField("stride_h") and not pp.HasField("stride_w")),
+              "give stride, or stride_h and stride_w")
+        self.pad = ((pp.pad_h, pp.pad_w) if pp.HasField("pad_h") else (pp.pad, pp.pad))
+        self.stride = ((pp.stride_h, pp.stride_w) if pp.HasField("stride_h")
+                       else (pp.stride, pp.stride))
+        check(min(self.stride) > 0, f"pooling stride must be positive, got {self.stride}")
+        if self.global_pooling:
+            check(self.pad == (0, 0) and self.stride == (1, 1),
+                  "with global_pooling: true only pad 0 and stride 1 are allowed")
+        if self.pad != (0, 0):
+            check(self.method in (MAX, AVE), "padding is implemented only for AVE and MAX "
+                                             "pooling")
+            check(self.pad[0] < self.kernel[0] and self.pad[1] < self.kernel[1],
+                  f"pad {self.pad} must be smaller than the kernel {self.kernel}")
+        self.ceil = _pool_round_ceil(pp, self.ctx.warn)
+        self._warned_test_backward = False
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        check(b.num_axes == 4, f"Pooling needs a 4-axis (num, channels, height, width) "
+                               f"bottom, got shape {b.shape}")
+        N, C, H, W = b.shape
+        kernel = (H, W) if self.global_pooling else self.kernel
+        self.geom = PoolGeometry(H, W, kernel, self.stride, self.pad, self.ceil)
+        shape = (N, C) + self.geom.out_shape
+        if min(shape) <= 0 and N * C > 0:
+            raise LayerError(f"pooling {b.shape} with kernel {kernel}, stride "
+                             f"{self.stride}, pad {self.pad} gives an empty output {shape}")
+        top[0].reshape(shape)
+        if len(top) > 1:
+            top[1].reshape(shape)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        g = self.geom
+        if self.method == MAX:
+            y, self.idx = max_pool(x, g)
+            top[0].data[...] = y
+            if len(top) > 1:
+                top[1].data[...] = self.idx
+        elif self.method == AVE:
+            top[0].data[...] = ave_pool(x, g)
+        elif self.phase == caffe_pb2.TRAIN:
+            u = self.ctx.rng.random(x.shape[:2] + g.out_shape)
+            y, self.idx = stochastic_pool_train(x, g, u)
+            top[0].data[...] = y
+        else:
+            self.idx = None
+            top[0].data[...] = stochastic_pool_test(x, g)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        g = self.geom
+        dy = top[0].diff
+        if self.method == AVE:
+            bottom[0].diff[...] = ave_pool_backward(dy, g)
+            return
+        if self.method == MAX and len(top) > 1:
+            idx = np.trunc(top[1].data).astype(np.int64)       # Caffe reads the mask top
+        else:
+            idx = self.idx
+        if idx is None:                   # STOCHASTIC in TEST: Caffe has no index
+            if not self._warned_test_backward:
+                self.ctx.warn("STOCHASTIC pooling has no gradient in the TEST phase; "
+                              "its bottom diff is set to 0")
+                self._warned_test_backward = True
+            bottom[0].diff[...] = 0
+            return
+        bottom[0].diff[...] = scatter_pool_backward(dy, idx, g)
+
+
+@register("SPP")
+class SPP(Layer):
+    __doc__ = ("Spatial pyramid pooling: levels of 2^l x 2^l bins, flattened and "
+               "concatenated.\n\n" + _DOC_SPP + "\n" + _DOC_POOL)
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def setup(self, bottom, top):
+        sp = self.param.spp_param
+        self.height = int(sp.pyramid_height)
+        check(self.height >= 1, "spp_param.pyramid_height must be at least 1")
+        self.method = sp.pool
+        check(self.method in (MAX, AVE, STOCHASTIC), f"unknown pooling method {sp.pool}")
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        check(b.num_axes == 4, f"SPP needs a 4-axis (num, channels, height, width) bottom, "
+                               f"got shape {b.shape}")
+        N, C, H, W = b.shape
+        check(H > 0 and W > 0, f"SPP input {b.shape} has an empty plane")
+        self.levels = []
+        for lev in range(self.height):
+            bins = 2 ** lev
+            kh, kw = -(-H // bins), -(-W // bins)
+            ph, pw = (kh * bins - H + 1) // 2, (kw * bins - W + 1) // 2
+            if ph or pw:
+                check(self.method in (MAX, AVE),
+                      f"SPP level {lev} of a {H}x{W} input needs padding, which only "
+                      f"MAX and AVE pooling have")
+                check(ph < kh and pw < kw,
+                      f"SPP level {lev} ({bins}x{bins} bins) of a {H}x{W} input needs pad "
+                      f"({ph}, {pw}) >= kernel ({kh}, {kw}): the input is too small")
+            self.levels.append(PoolGeometry(H, W, (kh, kw), (kh, kw), (ph, pw)))
+        if self.height == 1:
+            top[0].reshape((N, C) + self.levels[0].out_shape)
+        else:
+            top[0].reshape((N, C * sum(g.oh * g.ow for g in self.levels)))
+
+    def _pool(self, x, g):
+        if self.method == MAX:
+            return max_pool(x, g)
+        if self.method == AVE:
+            return ave_pool(x, g), None
+        # the pyramid's inner pooling layers are built without a phase: always TRAIN
+        u = self.ctx.rng.random(x.shape[:2] + g.out_shape)
+        return stochastic_pool_train(x, g, u)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        N = x.shape[0]
+        out = top[0].data.reshape(N, -1)
+        self.idx = []
+        at = 0
+        for g in self.levels:
+            y, idx = self._pool(x, g)
+            self.idx.append(idx)
+            n = y[0].size
+            out[:, at:at + n] = y.reshape(N, n)
+            at += n
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        N, C = bottom[0].shape[:2]
+        dy = top[0].diff.reshape(N, -1)
+        dx = None
+        at = 0
+        for g, idx in zip(self.levels, self.idx):
+            n = C * g.oh * g.ow
+            d = dy[:, at:at + n].reshape((N, C) + g.out_shape)
+            at += n
+            part = (ave_pool_backward(d, g) if self.method == AVE
+                    else scatter_pool_backward(d, idx, g))
+            dx = part if dx is None else dx + part
+        bottom[0].diff[...] = dx
