@@ -170,7 +170,8 @@ def build_net(o, arrays, backward=False):
     net = Net(o["model"], phase=o["phase"], weights=o["weights"], level=o["level"],
               stages=o["stage"], dtype=o["dtype"], seed=o["seed"], edits=edits,
               input_shapes=shapes or None, warn=warn,
-              max_memory=parse_size(o["max_memory"]) if o["max_memory"] else "default")
+              max_memory=parse_size(o["max_memory"]) if o["max_memory"] else "default",
+              inference=bool(o.get("low_memory")))
     check = o["check_finite"]
     if check is None:
         check = backward
@@ -262,20 +263,19 @@ def visible(net, li):
 
 def run_forward(net, o, inputs):
     echo(o, f"{'layer':<24} {'type':<16} {'top':<24} {'shape':<20} statistics")
-    for name, arr in inputs.items():
-        net.set_input(name, arr)
-    loss = 0.0
-    for li in range(len(net.layers)):
-        loss += net.forward_layer(li)
+
+    def show(li):
         if not visible(net, li):
-            continue
+            return
         layer = net.layers[li]
         for t in net.top_ids[li]:
             blob = net.blobs[t]
             echo(o, f"{layer.name:<24} {layer.type:<16} {t:<24} {fmt_shape(blob.shape):<20} "
                     f"{stats(blob.data)}")
             show_array(o, blob.data)
-    net.loss = loss
+
+    net.forward(blobs=o.get("keep"), on_layer=None if o["quiet"] else show, **inputs)
+    loss = net.loss
     echo(o)
     for name in net.outputs:
         data = net.blobs[name].data
@@ -297,7 +297,7 @@ def save_npz(path, arrays):
 def dump_arrays(net, with_diffs):
     out = {}
     for name, blob in net.blobs.items():
-        if name.startswith("(automatic"):
+        if name.startswith("(automatic") or (net.inference and not blob.has_data):
             continue
         out[f"data/{name}"] = np.asarray(blob.data)
         if with_diffs:
@@ -314,6 +314,11 @@ def dump_arrays(net, with_diffs):
 @net_options
 @click.option("--save", type=click.Path(dir_okay=False), metavar="OUT.npz",
               help="Save every blob (data/<blob>) and parameter (param/<layer>/<i>).")
+@click.option("--low-memory", is_flag=True,
+              help="Free each intermediate blob once its last reader has run; --save then "
+                   "keeps the outputs and the blobs named by --keep.")
+@click.option("--keep", multiple=True, metavar="BLOB",
+              help="With --low-memory: a blob to keep (repeatable).")
 def forward(**o):
     """Run the net forward; print every layer's tops and the outputs.
 
@@ -376,21 +381,10 @@ def backward(**o):
                 top_diffs[n] = np.ones(net.blobs[n].shape, net.dtype)
     echo(o)
     echo(o, f"{'layer':<24} {'type':<16} {'blob':<24} {'':<7} statistics")
-    for name, arr in top_diffs.items():
-        arr = np.asarray(arr)
-        blob = net.blobs[name]
-        if arr.shape != blob.shape:
-            if arr.size != blob.count:
-                raise NetrunError(f'top diff for "{name}" has shape {arr.shape}, the blob has '
-                                  f"{blob.shape}")
-            arr = arr.reshape(blob.shape)
-        blob.diff[...] = arr
-    for li in range(len(net.layers) - 1, -1, -1):
-        if not net.layer_need_backward[li]:
-            continue
-        net.backward(start=li, end=li)
+
+    def show(li):
         if not visible(net, li):
-            continue
+            return
         layer = net.layers[li]
         for t in net.top_ids[li]:
             echo(o, f"{layer.name:<24} {layer.type:<16} {t:<24} {'top':<7} {stats(net.blobs[t].diff)}")
@@ -399,6 +393,8 @@ def backward(**o):
                 echo(o, f"{layer.name:<24} {layer.type:<16} {b:<24} {'bottom':<7} "
                         f"{stats(net.blobs[b].diff)}")
                 show_array(o, net.blobs[b].diff)
+
+    net.backward(on_layer=None if o["quiet"] else show, **top_diffs)
     if net.params:
         echo(o)
         echo(o, "parameter gradients")
@@ -470,3 +466,5 @@ if __name__ == "__main__":
 from .commands.train import train_command, test_command  # noqa: E402
 main.add_command(train_command)
 main.add_command(test_command)
+from .commands.timing import time_command  # noqa: E402
+main.add_command(time_command)

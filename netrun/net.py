@@ -544,29 +544,50 @@ class Net:
                 loss += float(np.dot(t.data.ravel(), t.diff.ravel()))
         return loss
 
-    def forward(self, blobs=None, start=None, end=None, **inputs):
+    def last_uses(self):
+        """For every blob, the index of the last layer that reads or writes it."""
+        last = {}
+        for li in range(len(self.layers)):
+            for name in self.bottom_ids[li] + self.top_ids[li]:
+                last[name] = li
+        return last
+
+    def forward(self, blobs=None, start=None, end=None, on_layer=None, **inputs):
         """Run layers ``start``..``end`` (names or indices, inclusive).
 
         Keyword arguments are arrays for input blobs.  Returns a dict of the
         net outputs (plus the blobs named in ``blobs``); the total weighted loss
-        is kept in ``self.loss``.
+        is kept in ``self.loss``.  In inference mode (``Net(..., inference=True)``)
+        every other blob is freed as soon as its last reader has run.
+        ``on_layer(i)`` is called after layer ``i`` has run.
         """
         for name, arr in inputs.items():
             self.set_input(name, arr)
         s = self._layer_index(start, 0)
         e = self._layer_index(end, len(self.layers) - 1)
+        free_after = {}
+        if self.inference:
+            keep = set(self.outputs) | set(blobs or ())
+            for name, li in self.last_uses().items():
+                if name not in keep:
+                    free_after.setdefault(li, []).append(name)
         loss = 0.0
         for li in range(s, e + 1):
             loss += self.forward_layer(li)
+            if on_layer is not None:
+                on_layer(li)
+            for name in free_after.get(li, ()):
+                self.blobs[name].free()
         self.loss = loss
         wanted = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
         return OrderedDict((n, self.blobs[n].data) for n in wanted)
 
-    def backward(self, diffs=None, start=None, end=None, **top_diffs):
+    def backward(self, diffs=None, start=None, end=None, on_layer=None, **top_diffs):
         """Run backward from layer ``start`` down to ``end`` (inclusive).
 
         Keyword arguments set the diffs of output blobs first.  Returns a dict of
-        the input blobs' diffs (plus the blobs named in ``diffs``).
+        the input blobs' diffs (plus the blobs named in ``diffs``).  ``on_layer(i)``
+        is called after layer ``i`` has run backward.
         """
         for name, arr in top_diffs.items():
             if name not in self.blobs:
@@ -591,6 +612,8 @@ class Net:
                     arrays += [(f"parameter {k}", b.diff) for k, b in enumerate(layer.blobs)
                                if layer.param_propagate_down[k]]
                     self._watch(li, "backward", "diff of", arrays)
+                if on_layer is not None:
+                    on_layer(li)
         wanted = list(self.inputs) + [b for b in (diffs or []) if b not in self.inputs]
         return OrderedDict((n, self.blobs[n].diff) for n in wanted)
 

@@ -1,0 +1,85 @@
+"""``netrun time``: per-layer forward/backward timings, printed as ``caffe time`` prints them."""
+import statistics
+import sys
+import time
+
+import click
+
+from ..cli import build_net, echo, gather_inputs, load_arrays, net_options
+
+
+@click.command("time")
+@net_options
+@click.option("--iterations", "-n", type=click.IntRange(1), default=50, show_default=True,
+              help="Timed iterations (after one warm-up).")
+@click.option("--forward-only", is_flag=True, help="Time the forward pass only.")
+@click.option("--force-backward", is_flag=True, help="As force_backward: true.")
+def time_command(**o):
+    """Benchmark a net: one warm-up, then per-layer forward and backward averages.
+
+    The last lines are spelled as `caffe time` spells them
+    (`Average Forward pass: X ms.`, `Average Backward pass: Y ms.`), so scripts that
+    parse Caffe's output keep working.
+
+    \b
+    Example:
+      netrun time deploy.prototxt --input-shape data=8,3,224,224 --iterations 10
+    """
+    arrays = load_arrays(o)
+    net = build_net(o, arrays, backward=not o["forward_only"])
+    if not o["forward_only"] and not net.blob_loss_weights and not net.force_backward:
+        net.set_force_backward(True)
+    for name, arr in gather_inputs(net, o, arrays).items():
+        net.set_input(name, arr)
+    n_layers = len(net.layers)
+    backward_layers = [li for li in range(n_layers - 1, -1, -1) if net.layer_need_backward[li]]
+    seed_diffs = {} if net.blob_loss_weights else {
+        name: 1.0 for name in net.outputs}
+
+    def one_pass(fwd, bwd):
+        t_start = time.perf_counter()
+        for li in range(n_layers):
+            t0 = time.perf_counter()
+            net.forward_layer(li)
+            fwd[li].append(time.perf_counter() - t0)
+        t_mid = time.perf_counter()
+        if not o["forward_only"]:
+            for name, v in seed_diffs.items():
+                net.blobs[name].diff[...] = v
+            for li in backward_layers:
+                t0 = time.perf_counter()
+                net.backward(start=li, end=li)
+                bwd[li].append(time.perf_counter() - t0)
+        t_end = time.perf_counter()
+        return t_mid - t_start, t_end - t_mid
+
+    echo(o, "*** Benchmark begins ***")
+    echo(o, f"Testing for {o['iterations']} iterations.")
+    warm = [[] for _ in range(n_layers)]
+    one_pass(warm, [[] for _ in range(n_layers)])
+    fwd = [[] for _ in range(n_layers)]
+    bwd = [[] for _ in range(n_layers)]
+    totals = []
+    show_bar = not o["quiet"] and sys.stderr.isatty() and o["iterations"] > 1
+    with click.progressbar(range(o["iterations"]), label="timing", file=sys.stderr,
+                           hidden=not show_bar) as bar:
+        for it in bar:
+            f, b = one_pass(fwd, bwd)
+            totals.append((f, b))
+            if not show_bar:
+                echo(o, f"Iteration: {it + 1} forward-backward time: {(f + b) * 1e3:.3f} ms.")
+    ms = lambda xs: 1e3 * sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    echo(o, "Average time per layer: ")
+    width = max((len(n) for n in net.layer_names), default=10)
+    for li, layer in enumerate(net.layers):
+        echo(o, f"{layer.name:>{width}}\tforward: {ms(fwd[li]):.5g} ms.")
+        echo(o, f"{layer.name:>{width}}\tbackward: {ms(bwd[li]):.5g} ms.")
+    f_all = [f for f, _ in totals]
+    b_all = [b for _, b in totals]
+    echo(o, f"Median Forward pass: {1e3 * statistics.median(f_all):.3f} ms.")
+    echo(o, f"Median Backward pass: {1e3 * statistics.median(b_all):.3f} ms.")
+    click.echo(f"Average Forward pass: {ms(f_all):.3f} ms.")
+    click.echo(f"Average Backward pass: {ms(b_all):.3f} ms.")
+    echo(o, f"Average Forward-Backward: {ms([f + b for f, b in totals]):.3f} ms.")
+    echo(o, f"Total Time: {1e3 * sum(f + b for f, b in totals):.3f} ms.")
+    echo(o, "*** Benchmark ends ***")
