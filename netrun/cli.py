@@ -3,7 +3,6 @@
 Every user error is a :class:`NetrunError`, printed as one line
 (``netrun: error: ...``) with exit code 2; ``--debug`` shows the traceback.
 """
-import sys
 import zipfile
 
 import click
@@ -457,14 +456,17 @@ def list_layers():
         click.echo(t)
 
 
-def run():  # console-script entry point
-    main(obj={})
-
-
-if __name__ == "__main__":
-    sys.exit(run())
+# -- commands that live in their own modules (they import the helpers above) -------------
 from .commands.train import train_command, test_command  # noqa: E402
 main.add_command(train_command)
 main.add_command(test_command)
 from .commands.timing import time_command  # noqa: E402
 main.add_command(time_command)
+from .commands.tools import summary_command, draw_command, gradcheck_command, compare_command  # noqa: E402
+for _c in (summary_command, draw_command, gradcheck_command, compare_command):
+    main.add_command(_c)
+
+
+def run():  # console-script entry point
+    main(obj={})
+

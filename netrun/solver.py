@@ -131,6 +131,13 @@ def resolve_output(prefix, base_dir):
 # -- learning rate ------------------------------------------------------------------------------
 def learning_rate(param, it, current_step=0):
     """Caffe's GetLearningRate at iteration ``it``; returns ``(rate, current_step)``."""
+    try:
+        return _learning_rate(param, it, current_step)
+    except OverflowError:
+        return math.inf, current_step
+
+
+def _learning_rate(param, it, current_step):
     policy = param.lr_policy
     base = param.base_lr
     if policy == "fixed":
@@ -151,7 +158,11 @@ def learning_rate(param, it, current_step=0):
     elif policy == "poly":
         if param.max_iter <= 0:
             raise NetrunError('lr_policy "poly" needs max_iter > 0')
-        rate = base * math.pow(1.0 - it / param.max_iter, param.power)
+        x = 1.0 - it / param.max_iter
+        if x < 0 and param.power != int(param.power):
+            raise NetrunError(f'lr_policy "poly" with power {param.power:g} is undefined past '
+                              f"max_iter ({it} > {param.max_iter})")
+        rate = base * math.pow(x, param.power)
     elif policy == "sigmoid":
         if param.stepsize <= 0:
             raise NetrunError('lr_policy "sigmoid" needs stepsize > 0')

@@ -107,8 +107,8 @@ def train_command(solver_file, weights, resume, max_iter, inputs_npz, dump, seed
 
     \b
     Example:
-      netrun train models/lenet_solver.prototxt --max-iter 500
-      netrun train models/lenet_solver.prototxt --snapshot lenet_iter_500.solverstate
+      netrun train lenet_solver.prototxt --max-iter 500
+      netrun train lenet_solver.prototxt --snapshot lenet_iter_500.solverstate
     """
     from ..solver import get_solver, interrupt_snapshots
     cli = _cli()
@@ -168,7 +168,7 @@ def test_command(model, weights, iterations, phase, level, stage, inputs_npz, se
 
     \b
     Example:
-      netrun test models/lenet_train_test.prototxt --weights lenet_iter_10000.caffemodel -n 100
+      netrun test lenet_train_test.prototxt --weights lenet_iter_10000.caffemodel -n 100
     """
     from ..net import Net
     cli = _cli()

@@ -1,0 +1,4 @@
+"""``python -m netrun ...`` is the ``netrun`` command."""
+from .cli import run
+
+run()
