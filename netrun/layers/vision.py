@@ -157,16 +157,20 @@ class ConvGeometry:
         return tuple(slice(k * d, k * d + s * (o - 1) + 1, s)
                      for k, d, s, o in zip(kidx, self.dilation, self.stride, out_sp))
 
-    def im2col(self, x, out_sp):
-        """Column buffer (C*K, num*P): rows (c, *k) channel-major, columns (n, *out)."""
+    def im2col(self, x, out_sp, group=1):
+        """Transposed column buffer (G, num*P, Cg*K): one row per output position
+        (n, *out), one column per (c, *k) of the group, channel-major as Caffe's
+        im2col.  Multiplying it by W_g^T reproduces Caffe's GEMM summation order."""
         num, C = x.shape[:2]
         nsp = self.nsp
-        v = self.windows(self.padded(x, out_sp), out_sp)
-        perm = ((1,) + tuple(range(2 + nsp, 2 + 2 * nsp)) + (0,)
-                + tuple(range(2, 2 + nsp)))
-        cols = np.empty((C,) + self.kernel + (num,) + tuple(out_sp), x.dtype)
+        G, Cg = group, C // group
+        v = self.windows(self.padded(x, out_sp), out_sp)       # (num, C, *out, *k)
+        v = v.reshape((num, G, Cg) + v.shape[2:])
+        perm = ((1, 0) + tuple(range(3, 3 + nsp)) + (2,)
+                + tuple(range(3 + nsp, 3 + 2 * nsp)))
+        cols = np.empty((G, num) + tuple(out_sp) + (Cg,) + self.kernel, x.dtype)
         np.copyto(cols, v.transpose(perm))
-        return cols.reshape(C * self.K, num * _prod(out_sp))
+        return cols.reshape(G, num * _prod(out_sp), Cg * self.K)
 
     def col2im(self, cols, in_sp, out_sp):
         """Sum a column view (num, C, *kernel, *out) back into a (num, C, *in) image."""
@@ -193,29 +197,31 @@ class ConvGeometry:
     # w: (Co, Ci/G, *kernel).  Deconvolution uses them with the roles swapped.
 
     def prepare(self, x, out_sp, group):
-        """What conv_forward / conv_weight_grad read from the conv input x."""
-        if self.is_1x1:
-            return ("1x1", x)
-        if x.shape[1] == group:              # one input channel per group (depthwise)
+        """What conv_forward / conv_weight_grad read from the conv input x:
+        the transposed columns (G, num*P, Cg*K), or the padded input (depthwise)."""
+        if x.shape[1] == group and not self.is_1x1:     # one input channel per group
             return ("dw", self.padded(x, out_sp))
-        return ("cols", self.im2col(x, out_sp))
+        if self.is_1x1:
+            num, C = x.shape[:2]
+            P = _prod(x.shape[2:])
+            xt = x.reshape(num, group, C // group, P).transpose(1, 0, 3, 2)
+            return ("cols", np.ascontiguousarray(xt).reshape(group, num * P, C // group))
+        return ("cols", self.im2col(x, out_sp, group))
 
     def conv_forward(self, prep, w, group, num, out_sp):
-        """y[n, o] = sum_{c in group(o), k} w[o, c, k] x_pad[n, c, out s + k d]."""
+        """y[n, o] = sum_{c in group(o), k} w[o, c, k] x_pad[n, c, out s + k d].
+
+        Computed as cols (G, num*P, Cg*K) @ W_g^T: the operand order Caffe's
+        row-major GEMM hands to BLAS, so the sums come out in Caffe's order."""
         kind, a = prep
         Co, Cg = w.shape[:2]
-        G, Og, P, K = group, Co // group, _prod(out_sp), self.K
-        if kind == "1x1":
-            wg = w.reshape(G, Og, Cg)
-            xs = a.reshape(num, G, Cg, P)
-            if num == 1 or P >= _BIG_PLANE:
-                return np.matmul(wg, xs).reshape((num, Co) + tuple(out_sp))
-            xt = xs.transpose(1, 2, 0, 3).reshape(G, Cg, num * P)
-            return _to_batch_major(np.matmul(wg, xt), Co, num, out_sp)
+        G, Og, P = group, Co // group, _prod(out_sp)
         if kind == "dw":
             return self._dw_forward(a, w, G, num, out_sp)
-        y = np.matmul(w.reshape(G, Og, Cg * K), a.reshape(G, Cg * K, num * P))
-        return _to_batch_major(y, Co, num, out_sp)
+        wt = w.reshape(G, Og, -1).transpose(0, 2, 1)                  # (G, Cg*K, Og)
+        y = np.matmul(a, wt)                                           # (G, num*P, Og)
+        y = y.reshape(G, num, P, Og).transpose(1, 0, 3, 2)             # (num, G, Og, P)
+        return y.reshape((num, Co) + tuple(out_sp))
 
     def conv_backward_data(self, dy, w, group, in_sp):
         """dx = col2im(W_g^T dy_g): the transpose of conv_forward."""
@@ -237,21 +243,17 @@ class ConvGeometry:
         return self.col2im(self.cols_view(dcols, Ci, num, out_sp), in_sp, out_sp)
 
     def conv_weight_grad(self, prep, dy, group):
-        """dW_g = dy_g col_g(x)^T, shape (Co, Ci/G, *kernel)."""
+        """dW_g = dy_g cols_g, shape (Co, Ci/G, *kernel)."""
         kind, a = prep
         num, Co = dy.shape[:2]
         out_sp = dy.shape[2:]
-        G, Og, P, K = group, Co // group, _prod(out_sp), self.K
+        G, Og, P = group, Co // group, _prod(out_sp)
         if kind == "dw":
             return self._dw_weight_grad(a, dy, G)
         dyg = _group_major(dy, G, Og, num, P)                        # (G, Og, num*P)
-        if kind == "1x1":
-            Cg = a.shape[1] // G
-            xg = _group_major(a, G, Cg, num, P)
-            return np.matmul(dyg, xg.transpose(0, 2, 1)).reshape((Co, Cg) + self.kernel)
-        cols = a.reshape(G, -1, num * P)
-        Cg = cols.shape[1] // K
-        return np.matmul(dyg, cols.transpose(0, 2, 1)).reshape((Co, Cg) + self.kernel)
+        kernel = (1,) * self.nsp if self.is_1x1 else self.kernel
+        Cg = a.shape[2] // _prod(kernel)
+        return np.matmul(dyg, a).reshape((Co, Cg) + kernel)
 
     # -- depthwise (one conv-input channel per group): loop over kernel offsets ---------
     def _dw_forward(self, xp, w, G, num, out_sp):
