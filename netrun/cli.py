@@ -67,10 +67,23 @@ def net_options(f):
         click.option("--level", type=int, default=0, show_default=True, help="NetState level."),
         click.option("--stage", multiple=True, help="NetState stage (repeatable)."),
         click.option("--input", "input_files", multiple=True, metavar="NAME=FILE.npy",
-                     help="Array for an input blob (repeatable)."),
+                     help="Array (.npy) or image (.png, .jpg, ...) for an input blob (repeatable; "
+                          "several images for one input make a batch)."),
         click.option("--inputs", "inputs_npz", metavar="FILE.npz", help="Arrays for input blobs, keyed by blob name."),
         click.option("--input-shape", multiple=True, metavar="NAME=D0,D1,...",
                      help="Override an input's declared shape (repeatable)."),
+        click.option("--raw-scale", type=float, default=None, metavar="R",
+                     help="Image inputs: pixels read as [0, 1] times R (pycaffe's raw_scale); "
+                          "default: 0-255 values."),
+        click.option("--mean", default=None, metavar="B,G,R",
+                     help="Image inputs: subtract this mean (one value per channel, BGR order, "
+                          "or one for all), after --raw-scale."),
+        click.option("--mean-file", default=None, metavar="MEAN.binaryproto",
+                     help="Image inputs: subtract this mean image (.binaryproto or .npy)."),
+        click.option("--scale", type=float, default=None, metavar="S",
+                     help="Image inputs: multiply by S after the mean, as Caffe's (x - mean) * scale."),
+        click.option("--allow-python-layers", is_flag=True,
+                     help="Load Python layers (this runs the code of their python_param.module)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed for fillers and for inputs given no array."),
         click.option("--set", "edits", multiple=True, metavar="PATH=VALUE",
@@ -169,6 +182,7 @@ def build_net(o, arrays, backward=False):
     net = Net(o["model"], phase=o["phase"], weights=o["weights"], level=o["level"],
               stages=o["stage"], dtype=o["dtype"], seed=o["seed"], edits=edits,
               input_shapes=shapes or None, warn=warn,
+              allow_python_layers=bool(o.get("allow_python_layers")),
               max_memory=parse_size(o["max_memory"]) if o["max_memory"] else "default",
               inference=bool(o.get("low_memory")))
     check = o["check_finite"]
@@ -186,9 +200,13 @@ def build_net(o, arrays, backward=False):
 
 def gather_inputs(net, o, arrays):
     given = dict(arrays)
+    images = {}
     for name, path in parse_assignments(o["input_files"], "--input"):
         if is_image(path):
-            given[name] = load_image_input(net, name, path, o)
+            images.setdefault(name, []).append(path)
+    for name, paths in images.items():          # several images for one input form a batch
+        given[name] = load_image_input(net, name, paths, o)
+    o["_image_paths"] = images
     for name in given:
         if name not in net.inputs:
             raise NetrunError(f'input "{name}" names no input of the net '
@@ -215,18 +233,30 @@ def is_image(path):
     return path.lower().endswith(IMAGE_EXTS)
 
 
-def load_image_input(net, name, path, o):
-    try:
-        from .io.images import load_images
-    except ImportError:
-        raise NetrunError("image inputs are not supported yet") from None
-    return load_images(net, name, [path], o)
+def load_image_input(net, name, paths, o):
+    from .io.images import load_images
+    return load_images(net, name, [paths] if isinstance(paths, str) else list(paths), o)
+
+
+def print_top_classes(net, o):
+    """Top-5 classes per item of each output made by a Softmax layer."""
+    from .io.images import read_labels, top_k_lines
+    labels = read_labels(o["labels"]) if o.get("labels") else None
+    images = o.get("_image_paths") or {}
+    names = next(iter(images.values())) if len(images) == 1 else None
+    lines = top_k_lines(net, 5, labels, names)
+    if lines:
+        echo(o)
+    for line in lines:
+        echo(o, line)
 
 
 def label_like(net, name):
     """True when every consumer of the blob reads it as a label (bottom >= 1 of a loss/Accuracy)."""
     uses = []
     for li, bids in enumerate(net.bottom_ids):
+        if net.layers[li].type == "Split":       # look through splits at their consumers
+            continue
         for j, b in enumerate(bids):
             if b == name or b.startswith(f"{name}_") and "_split_" in b:
                 uses.append((net.layers[li], j))
@@ -318,6 +348,9 @@ def dump_arrays(net, with_diffs):
                    "keeps the outputs and the blobs named by --keep.")
 @click.option("--keep", multiple=True, metavar="BLOB",
               help="With --low-memory: a blob to keep (repeatable).")
+@click.option("--labels", type=click.Path(dir_okay=False), metavar="SYNSET.txt",
+              help="Class names, one a line, for the top-5 of Softmax outputs "
+                   "(synset_words.txt: the text after the id).")
 def forward(**o):
     """Run the net forward; print every layer's tops and the outputs.
 
@@ -329,6 +362,7 @@ def forward(**o):
     net = build_net(o, arrays)
     inputs = gather_inputs(net, o, arrays)
     run_forward(net, o, inputs)
+    print_top_classes(net, o)
     if o["save"]:
         save_npz(o["save"], dump_arrays(net, with_diffs=False))
         echo(o, f"saved {o['save']}")

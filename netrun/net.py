@@ -250,10 +250,43 @@ class Net:
             return read_net(model, warn=self._warn)
         raise TypeError("model must be a prototxt path or a caffe_pb2.NetParameter")
 
+    # data layers that --input-shape/--input replace by an Input layer
+    DATA_LAYER_TYPES = ("Data", "ImageData", "HDF5Data", "MemoryData", "WindowData")
+
     def _apply_input_shapes(self, param, input_shapes):
-        """Override the declared shapes of Input tops; remember what was declared."""
+        """Override the declared shapes of Input tops; remember what was declared.
+
+        A data layer (Data, ImageData, HDF5Data, MemoryData, WindowData, or a
+        Python layer without bottoms) with a top given here becomes an Input
+        layer, so the net runs without its database: given tops take the given
+        shapes, the others (labels) shape (N,) with N the first dim of the first
+        given top.
+        """
         self.declared_input_shapes = {}
+        replaced = set()
+        data_tops = []
+        for lp in param.layer:
+            if not (lp.type in self.DATA_LAYER_TYPES or (lp.type == "Python" and not len(lp.bottom))):
+                continue
+            data_tops.extend(lp.top)
+            given = [t for t in lp.top if t in input_shapes]
+            if not given:
+                continue
+            first = tuple(input_shapes[given[0]])
+            n = int(first[0]) if first else 1
+            new = caffe_pb2.LayerParameter(name=lp.name, type="Input")
+            new.top.extend(lp.top)
+            new.include.extend(lp.include)
+            new.exclude.extend(lp.exclude)
+            if lp.HasField("phase"):
+                new.phase = lp.phase
+            for t in lp.top:
+                new.input_param.shape.add().dim.extend(int(d) for d in input_shapes.get(t, (n,)))
+            lp.CopyFrom(new)
+            replaced.update(given)
         for name, shape in input_shapes.items():
+            if name in replaced:
+                continue
             hit = False
             for lp in param.layer:
                 if lp.type == "Input" and name in lp.top:
@@ -270,8 +303,9 @@ class Net:
                     shapes[j].dim.extend(int(d) for d in shape)
                     hit = True
             if not hit:
+                names = list(dict.fromkeys(input_names(param) + data_tops))
                 raise NetrunError(f'"{name}" is not an input of the net '
-                                  f"(inputs: {', '.join(input_names(param)) or 'none'})")
+                                  f"(inputs: {', '.join(names) or 'none'})")
 
     # -- 3./4./5. build ----------------------------------------------------------------------
     def _build(self, layer_params, origins, allow_python_layers):
@@ -349,7 +383,7 @@ class Net:
                     blob_need_backward[name] = False
                     producers[name] = lp.name
                     tops.append(blob)
-                if lp.type == "Input":
+                if getattr(cls, "is_input", False):
                     self.inputs.append(name)
                 tids.append(name)
                 available.append(name)

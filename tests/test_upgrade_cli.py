@@ -20,7 +20,8 @@ LEGACY = {
     "bvlc_v0/cifar10_quick_train.prototxt": ["data=2,3,32,32", "label=2"],
     "bvlc_v0/lenet.prototxt": [],
     "bvlc_v0/imagenet.prototxt": ["data=1,3,227,227"],
-    "bvlc_v1/mnist_autoencoder.prototxt": ["data=2,1,28,28"],
+    # both of its TEST data layers need a stage (as in Caffe): run the TRAIN net
+    "bvlc_v1/mnist_autoencoder.prototxt": ["data=2,1,28,28", "--phase", "train"],
     "bvlc_v1/googlenet_deploy.prototxt": ["data=1,3,224,224"],
     "bvlc_v1/mnist_siamese_train_test.prototxt": ["pair_data=2,2,28,28", "sim=2"],
     "bvlc_v1/lenet_train_test.prototxt": ["data=2,1,28,28", "label=2"],
@@ -47,7 +48,13 @@ def test_upgrade_keeps_forward_output(rel, tmp_path):
     run("upgrade", src, new)
     text = new.read_text()
     assert "layers {" not in text and "layer {" in text
-    shapes = [a for s in LEGACY[rel] for a in ("--input-shape", s)]
+    args = LEGACY[rel]
+    shapes = []
+    for i, a in enumerate(args):
+        if a.startswith("--") or (i and args[i - 1].startswith("--")):
+            shapes.append(a)
+        else:
+            shapes += ["--input-shape", a]
     outs = []
     for model in (src, new):
         out = tmp_path / f"{model.stem}.npz"

@@ -1,7 +1,38 @@
-"""Layers that bring data into the net."""
+"""Layers that bring data into the net.
+
+* ``Input`` / ``MemoryData``: tops the user fills (``net.set_input``, ``--input``).
+* ``DummyData``: tops from fillers.
+* ``Data`` (LMDB, or LevelDB with plyvel), ``ImageData`` (a list of image files),
+  ``HDF5Data`` (a list of .h5 files): batches read in order, cycling at the end.
+* ``HDF5Output``: writes its two bottoms to an .h5 file.
+* ``Python``: a user's pycaffe-style layer, loaded only with ``--allow-python-layers``.
+
+Caffe's DataTransformer (``transform_param``), applied by Data and ImageData to
+each item ``x`` of shape (C, H, W) (pixels as read: uint8 0-255 in BGR order, or
+a Datum's float_data), in the net's dtype::
+
+    y[c, h, w] = (x[c, h_off + h, w_off + w'] - mean[c, h_off + h, w_off + w']) * scale
+
+with ``w' = W_out - 1 - w`` when the item is mirrored, else ``w``.  ``mean`` is
+the ``mean_file`` BlobProto (same C x H x W as the uncropped item, indexed at the
+uncropped position) or ``mean_value`` (one per channel, or one for all), or 0.
+``crop_size`` k gives a k x k output: at a random offset (uniform in
+[0, H - k] x [0, W - k]) in the TRAIN phase, centered (``(H - k) / 2``, rounded
+down) in TEST.  ``mirror: true`` flips each item with probability 1/2 in *both*
+phases (Caffe draws ``Rand(2)`` whatever the phase).  Random choices come from
+the net's seeded generator, so they are reproducible but not Caffe's stream.
+
+Relative paths (``source``, ``mean_file``, list entries) are looked up in the
+current directory first, then next to the prototxt.  The optional packages are
+imported only when a layer needs them.
+"""
+import importlib
+import os
+import sys
+
 import numpy as np
 
-from ..errors import LayerError, check
+from ..errors import LayerError, NetrunError, check
 from ..fillers import fill
 from .base import Layer, register
 
@@ -17,6 +48,7 @@ class Input(Layer):
     Values come from the user; no forward or backward work."""
     exact_bottoms = 0
     min_tops = 1
+    is_input = True
 
     def setup(self, bottom, top):
         shapes = self.param.input_param.shape
@@ -84,3 +116,676 @@ class DummyData(Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+
+@register("MemoryData")
+class MemoryData(Input):
+    """Tops ``data`` (batch_size, channels, height, width) and ``label``
+    (batch_size,) from ``memory_data_param``.  As pycaffe's ``set_input_arrays``
+    the arrays come from the user: both tops are net inputs (``net.set_input``,
+    ``--input``); the layer does no work."""
+    exact_tops = 2
+    min_tops = None
+    is_input = True
+
+    def setup(self, bottom, top):
+        p = self.param.memory_data_param
+        n, c, h, w = p.batch_size, p.channels, p.height, p.width
+        check(n * c * h * w > 0, "batch_size, channels, height, and width must be given and "
+                                 f"positive in memory_data_param (got {n}, {c}, {h}, {w})")
+        top[0].reshape((n, c, h, w))
+        top[1].reshape((n,))
+
+
+# -- helpers shared by the data layers ---------------------------------------------------------
+def need_module(name, install, who):
+    """Import an optional dependency, or say how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise LayerError(f"{who} needs {name}: pip install {install}") from None
+
+
+SOURCE_HINT = ("; to run the net without it, give the layer's tops with --input-shape "
+               "NAME=N,C,H,W or --input NAME=FILE.npy (they become plain inputs)")
+
+
+def resolve_path(path, ctx, what, extra_dirs=(), hint=""):
+    """A data path: as given (absolute, or relative to the current directory), else
+    relative to the prototxt's folder (and ``extra_dirs``)."""
+    check(bool(path), f"{what} is empty{hint}")
+    if os.path.isabs(path) or os.path.exists(path):
+        if not os.path.exists(path):
+            raise LayerError(f'{what} "{path}" does not exist{hint}')
+        return path
+    tried = [os.path.abspath(path)]
+    for d in (ctx.base_dir,) + tuple(extra_dirs):
+        cand = os.path.join(d or ".", path)
+        if os.path.exists(cand):
+            return cand
+        tried.append(os.path.abspath(cand))
+    raise LayerError(f'{what} "{path}" not found (looked for ' + ", ".join(dict.fromkeys(tried)) +
+                     ")" + hint)
+
+
+def read_list(path, what):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().splitlines()
+    except OSError as e:
+        raise LayerError(f'cannot read {what} "{path}": {e.strerror or e}') from None
+
+
+class DataTransformer:
+    """Caffe's transform_param: mean, scale, crop, mirror (formula in the module doc)."""
+
+    def __init__(self, tp, phase, ctx, dtype):
+        self.tp = tp
+        self.phase = phase
+        self.rng = ctx.rng
+        self.dtype = np.dtype(dtype)
+        self.scale = self.dtype.type(tp.scale)
+        self.crop = int(tp.crop_size)
+        self.mirror = bool(tp.mirror)
+        check(not (tp.HasField("mean_file") and len(tp.mean_value)),
+              "transform_param: give mean_file or mean_value, not both")
+        check(not (tp.force_color and tp.force_gray),
+              "transform_param: force_color and force_gray cannot both be set")
+        self.mean = None
+        if tp.HasField("mean_file"):
+            from ..io.images import read_mean_file
+            path = resolve_path(tp.mean_file, ctx, "transform_param.mean_file")
+            try:
+                self.mean = read_mean_file(path, "transform_param.mean_file").astype(self.dtype)
+            except NetrunError as e:
+                raise LayerError(str(e)) from None
+        self.mean_values = np.asarray(tp.mean_value, self.dtype)
+
+    @property
+    def decode_color(self):
+        """How encoded images decode: True (color), False (gray), None (as stored)."""
+        if self.tp.force_color:
+            return True
+        if self.tp.force_gray:
+            return False
+        return None
+
+    def output_shape(self, c, h, w):
+        k = self.crop
+        if k:
+            check(h >= k and w >= k, f"crop_size {k} is larger than the {h}x{w} item")
+            return (c, k, k)
+        return (c, h, w)
+
+    def __call__(self, raw):
+        """(N, C, H, W) uint8/float items -> transformed (N, C, H', W') in the dtype."""
+        n, c, h, w = raw.shape
+        x = raw.astype(self.dtype)
+        if self.mean is not None:
+            check(self.mean.shape == (c, h, w),
+                  f"mean_file is {self.mean.shape} (C, H, W) but the items are {(c, h, w)}")
+            x -= self.mean
+        elif self.mean_values.size:
+            check(self.mean_values.size in (1, c),
+                  f"give 1 mean_value or one per channel ({c}), not {self.mean_values.size}")
+            x -= self.mean_values.reshape(-1, 1, 1)
+        x *= self.scale
+        k = self.crop
+        if k:
+            check(h >= k and w >= k, f"crop_size {k} is larger than the {h}x{w} item")
+        mirror = (self.rng.integers(0, 2, size=n).astype(bool) if self.mirror
+                  else np.zeros(n, bool))
+        if not k and not mirror.any():
+            return x
+        oh, ow = (k, k) if k else (h, w)
+        if k and self.phase == 0:                          # TRAIN: random crop
+            h_off = self.rng.integers(0, h - k + 1, size=n)
+            w_off = self.rng.integers(0, w - k + 1, size=n)
+        else:
+            h_off = np.full(n, (h - oh) // 2)
+            w_off = np.full(n, (w - ow) // 2)
+        rows = h_off[:, None] + np.arange(oh)              # (N, oh)
+        cols = w_off[:, None] + np.arange(ow)              # (N, ow)
+        cols = np.where(mirror[:, None], cols[:, ::-1], cols)
+        return x[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def chw(img):
+    """(H, W, C) image -> (C, H, W)."""
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def decode_datum(raw, color):
+    """A serialized caffe Datum -> ((C, H, W) array, label)."""
+    from ..proto import caffe_pb2
+    d = caffe_pb2.Datum()
+    try:
+        d.ParseFromString(raw)
+    except Exception as e:
+        raise LayerError(f"a record is not a caffe Datum ({e})") from None
+    if d.encoded:
+        from ..io.images import read_image
+        try:
+            return chw(read_image(bytes(d.data), color=color, what="encoded Datum")), d.label
+        except NetrunError as e:
+            raise LayerError(str(e)) from None
+    shape = (d.channels, d.height, d.width)
+    check(d.channels > 0, f"a Datum has {d.channels} channels")
+    count = int(np.prod(shape))
+    if len(d.data):
+        arr = np.frombuffer(d.data, np.uint8)
+    else:
+        arr = np.asarray(d.float_data, np.float32)
+    check(arr.size == count, f"a Datum holds {arr.size} values for its shape {shape}")
+    return arr.reshape(shape), d.label
+
+
+def stack_items(items, what):
+    first = items[0].shape
+    for i, a in enumerate(items):
+        check(a.shape == first, f"{what} {i} of the batch is {a.shape} (C, H, W), the first is "
+                                f"{first}: items of a batch must share one shape")
+    return np.stack(items)
+
+
+def check_batch(n, where):
+    check(n > 0, f"{where}.batch_size must be positive (got {n})")
+    return int(n)
+
+
+# -- Data (LMDB / LevelDB) -------------------------------------------------------------------------
+_LMDB_ENVS = {}     # one environment per database and process (py-lmdb refuses a second)
+
+
+class _LMDBCursor:
+    """Records in key order, starting over after the last."""
+
+    def __init__(self, path):
+        lmdb = need_module("lmdb", "netrun[lmdb]", "Data with backend LMDB")
+        key = os.path.realpath(path)
+        try:
+            if key not in _LMDB_ENVS:
+                _LMDB_ENVS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False,
+                                            subdir=os.path.isdir(path), max_readers=126)
+            self.env = _LMDB_ENVS[key]
+            self.txn = self.env.begin(buffers=False)
+            self.cursor = self.txn.cursor()
+        except lmdb.Error as e:
+            raise LayerError(f'cannot open LMDB "{path}": {e}') from None
+        check(self.cursor.first(), f'LMDB "{path}" holds no records')
+
+    def peek(self):
+        return self.cursor.value()
+
+    def next(self):
+        value = self.cursor.value()
+        if not self.cursor.next():
+            self.cursor.first()
+        return value
+
+
+class _LevelDBCursor:
+    def __init__(self, path):
+        plyvel = need_module("plyvel", "plyvel", "Data with backend LEVELDB")
+        try:
+            self.db = plyvel.DB(path, create_if_missing=False)
+        except Exception as e:
+            raise LayerError(f'cannot open LevelDB "{path}": {e}') from None
+        self.values = [v for _, v in self.db.iterator()]
+        check(self.values, f'LevelDB "{path}" holds no records')
+        self.pos = 0
+
+    def peek(self):
+        return self.values[self.pos]
+
+    def next(self):
+        v = self.values[self.pos]
+        self.pos = (self.pos + 1) % len(self.values)
+        return v
+
+
+@register("Data")
+class Data(Layer):
+    """Batches of caffe ``Datum`` records from ``data_param.source`` (``backend``:
+    LMDB, or LEVELDB -- Caffe's default -- with the plyvel package), in key order,
+    starting over after the last record.  Tops: data (batch_size, C, H', W') after
+    ``transform_param`` (module doc); optional label (batch_size,).  The batch shape
+    follows its first record.  Encoded records (JPEG/PNG bytes) are decoded like
+    OpenCV (BGR; ``force_color``/``force_gray``).  ``rand_skip`` is ignored, as in
+    Caffe 1.0."""
+    exact_bottoms = 0
+    min_tops = 1
+    max_tops = 2
+
+    def setup(self, bottom, top):
+        from ..proto import caffe_pb2
+        p = self.param.data_param
+        self.batch_size = check_batch(p.batch_size, "data_param")
+        path = resolve_path(p.source, self.ctx, "data_param.source", hint=SOURCE_HINT)
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.ctx,
+                                           self.dtype)
+        if p.backend == caffe_pb2.DataParameter.LMDB:
+            self.db = _LMDBCursor(path)
+        else:
+            if os.path.exists(os.path.join(path, "data.mdb")):
+                raise LayerError(f'"{path}" is an LMDB database but data_param.backend is LEVELDB '
+                                 "(Caffe's default): add backend: LMDB")
+            self.db = _LevelDBCursor(path)
+        item, _ = decode_datum(self.db.peek(), self.transformer.decode_color)
+        top[0].reshape((self.batch_size,) + self.transformer.output_shape(*item.shape))
+        if len(top) > 1:
+            top[1].reshape((self.batch_size,))
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        items, labels = [], []
+        for _ in range(self.batch_size):
+            a, lab = decode_datum(self.db.next(), self.transformer.decode_color)
+            items.append(a)
+            labels.append(lab)
+        x = self.transformer(stack_items(items, "record"))
+        top[0].reshape(x.shape)
+        top[0].data[...] = x
+        if len(top) > 1:
+            top[1].reshape((len(labels),))
+            top[1].data[...] = np.asarray(labels, self.dtype)
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+# -- ImageData ------------------------------------------------------------------------------------
+@register("ImageData")
+class ImageData(Layer):
+    """Batches of images listed in ``image_data_param.source``, one ``path label``
+    a line (split at the last blank, so paths may hold spaces; ``root_folder`` is
+    prefixed to each path as a plain string, as Caffe does).  Images
+    are read like OpenCV: BGR (``is_color``, default) or gray, resized to
+    ``new_height`` x ``new_width`` (both or neither) with INTER_LINEAR, then
+    ``transform_param`` applies.  ``shuffle`` permutes the list at setup and at
+    every pass; ``rand_skip`` skips a random number (< rand_skip) of lines at
+    setup.  Tops: data (batch_size, C, H', W'), label (batch_size,); the batch
+    shape follows its first image."""
+    exact_bottoms = 0
+    exact_tops = 2
+
+    def setup(self, bottom, top):
+        p = self.param.image_data_param
+        self.batch_size = check_batch(p.batch_size, "image_data_param")
+        check((p.new_height == 0) == (p.new_width == 0),
+              "image_data_param: give new_height and new_width together")
+        self.new_hw = (p.new_height, p.new_width) if p.new_height else None
+        self.color = bool(p.is_color)
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.ctx,
+                                           self.dtype)
+        source = resolve_path(p.source, self.ctx, "image_data_param.source", hint=SOURCE_HINT)
+        self.list_dir = os.path.dirname(source)
+        lines = []
+        for num, line in enumerate(read_list(source, "image list"), 1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.rsplit(None, 1)
+            try:
+                if len(parts) != 2:
+                    raise ValueError
+                path, label = parts[0], int(parts[1])
+            except ValueError:
+                raise LayerError(f'{source}:{num}: expected "path label", got "{line}"') from None
+            lines.append((p.root_folder + path.strip(), label))
+        check(lines, f'image list "{source}" names no images')
+        self.lines = lines
+        self.order = np.arange(len(lines))
+        if p.shuffle:
+            self.ctx.rng.shuffle(self.order)
+        self.pos = 0
+        if p.rand_skip:
+            skip = int(self.ctx.rng.integers(0, p.rand_skip))
+            check(len(lines) > skip, f"rand_skip {skip} is not less than the {len(lines)} images")
+            self.pos = skip
+        self.shuffle = bool(p.shuffle)
+        first = self._read(self.order[self.pos])
+        top[0].reshape((self.batch_size,) + self.transformer.output_shape(*first.shape))
+        top[1].reshape((self.batch_size,))
+
+    def _read(self, i):
+        from ..io.images import read_image, resize_linear
+        path, _ = self.lines[i]
+        try:
+            full = resolve_path(path, self.ctx, "image", (self.list_dir,))
+            img = read_image(full, color=self.color)
+        except NetrunError as e:
+            raise LayerError(f"could not load image: {e}") from None
+        if self.new_hw:
+            img = resize_linear(img, *self.new_hw)
+        return chw(img)
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        items, labels = [], []
+        for _ in range(self.batch_size):
+            i = self.order[self.pos]
+            items.append(self._read(i))
+            labels.append(self.lines[i][1])
+            self.pos += 1
+            if self.pos >= len(self.lines):
+                self.pos = 0
+                if self.shuffle:
+                    self.ctx.rng.shuffle(self.order)
+        x = self.transformer(stack_items(items, "image"))
+        top[0].reshape(x.shape)
+        top[0].data[...] = x
+        top[1].reshape((len(labels),))
+        top[1].data[...] = np.asarray(labels, self.dtype)
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+# -- HDF5 -------------------------------------------------------------------------------------------
+def need_h5py(layer_type="HDF5Data"):
+    try:
+        import h5py
+    except ImportError:
+        raise NetrunError(f"{layer_type} needs h5py: pip install netrun[hdf5]") from None
+    return h5py
+
+
+@register("HDF5Data")
+class HDF5Data(Layer):
+    """Rows of the datasets named by the tops, from the .h5 files listed (one a
+    line) in ``hdf5_data_param.source``.  Top j has shape (batch_size,) +
+    dataset.shape[1:]; all datasets of a file share their row count.  Rows are
+    taken in order (``shuffle``: files in a random order, rows permuted at each
+    file load), moving to the next file at the end of one and starting over
+    after the last.  Values are converted to the net's dtype; no transform."""
+    exact_bottoms = 0
+    min_tops = 1
+
+    def setup(self, bottom, top):
+        p = self.param.hdf5_data_param
+        self.batch_size = check_batch(p.batch_size, "hdf5_data_param")
+        source = resolve_path(p.source, self.ctx, "hdf5_data_param.source", hint=SOURCE_HINT)
+        list_dir = os.path.dirname(source)
+        files = [ln.strip() for ln in read_list(source, "HDF5 file list") if ln.strip()]
+        check(files, f'HDF5 file list "{source}" names no files')
+        self.files = [resolve_path(f, self.ctx, "HDF5 file", (list_dir,)) for f in files]
+        self.names = list(self.param.top)
+        self.shuffle = bool(p.shuffle)
+        self.file_order = np.arange(len(self.files))
+        if self.shuffle:
+            self.ctx.rng.shuffle(self.file_order)
+        self.current = 0
+        self._load(self.files[self.file_order[0]])
+        self.row_shapes = [a.shape[1:] for a in self.arrays]
+        for t, a in zip(top, self.arrays):
+            t.reshape((self.batch_size,) + a.shape[1:])
+
+    def _load(self, path):
+        h5py = need_h5py()
+        arrays = []
+        try:
+            with h5py.File(path, "r") as f:
+                for name in self.names:
+                    if name not in f or not isinstance(f[name], h5py.Dataset):
+                        have = ", ".join(k for k in f.keys()) or "none"
+                        raise LayerError(f'"{path}" has no dataset "{name}" (datasets: {have})')
+                    ds = f[name]
+                    check(ds.ndim >= 1, f'dataset "{name}" of "{path}" is a scalar; it needs rows')
+                    arrays.append(np.asarray(ds[()], self.dtype))
+        except OSError as e:
+            raise LayerError(f'cannot read HDF5 file "{path}": {e}') from None
+        rows = arrays[0].shape[0]
+        for name, a in zip(self.names, arrays):
+            check(a.shape[0] == rows, f'datasets of "{path}" differ in rows: "{self.names[0]}" has '
+                                      f'{rows}, "{name}" has {a.shape[0]}')
+            if hasattr(self, "row_shapes"):
+                j = self.names.index(name)
+                check(a.shape[1:] == self.row_shapes[j],
+                      f'dataset "{name}" of "{path}" has rows {a.shape[1:]}, the first file '
+                      f"{self.row_shapes[j]}")
+        check(rows > 0, f'"{path}" has no rows')
+        self.arrays = arrays
+        self.rows = rows
+        self.perm = np.arange(rows)
+        if self.shuffle:
+            self.ctx.rng.shuffle(self.perm)
+        self.row = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def _advance_file(self):
+        if len(self.files) > 1:
+            self.current += 1
+            if self.current == len(self.files):
+                self.current = 0
+                if self.shuffle:
+                    self.ctx.rng.shuffle(self.file_order)
+            self._load(self.files[self.file_order[self.current]])
+        else:
+            self.row = 0
+            if self.shuffle:
+                self.ctx.rng.shuffle(self.perm)
+
+    def forward(self, bottom, top):
+        outs = [np.empty((self.batch_size,) + s, self.dtype) for s in self.row_shapes]
+        i = 0
+        while i < self.batch_size:                  # one slice per file chunk
+            take = min(self.batch_size - i, self.rows - self.row)
+            idx = self.perm[self.row:self.row + take]
+            for o, a in zip(outs, self.arrays):
+                o[i:i + take] = a[idx]
+            i += take
+            self.row += take
+            if self.row == self.rows:
+                self._advance_file()
+        for t, o in zip(top, outs):
+            t.reshape(o.shape)
+            t.data[...] = o
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+@register("HDF5Output")
+class HDF5Output(Layer):
+    """Writes bottom 0 as dataset "data" and bottom 1 as "label" to
+    ``hdf5_output_param.file_name`` at each forward (the file holds the latest
+    batch).  Up to 4-D blobs are saved with Caffe's legacy 4-D shape
+    (num, channels, height, width), e.g. labels (N,) as (N, 1, 1, 1).  No backward."""
+    exact_bottoms = 2
+    exact_tops = 0
+
+    def setup(self, bottom, top):
+        self.file_name = self.param.hdf5_output_param.file_name
+        check(bool(self.file_name), "hdf5_output_param.file_name is empty")
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        h5py = need_h5py("HDF5Output")
+
+        def legacy(a):
+            return a.reshape(a.shape + (1,) * (4 - a.ndim)) if a.ndim <= 4 else a
+        try:
+            with h5py.File(self.file_name, "w") as f:
+                f.create_dataset("data", data=legacy(np.asarray(bottom[0].data)))
+                f.create_dataset("label", data=legacy(np.asarray(bottom[1].data)))
+        except OSError as e:
+            raise LayerError(f'cannot write HDF5 file "{self.file_name}": {e}') from None
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+@register("WindowData")
+class WindowData(Layer):
+    """R-CNN's window sampler: not supported."""
+    exact_bottoms = 0
+    exact_tops = 2
+
+    def setup(self, bottom, top):
+        raise LayerError("WindowData is not supported (to run the rest of the net, give its "
+                         "tops with --input-shape/--input: they become plain inputs)")
+
+
+# -- Python --------------------------------------------------------------------------------------
+class BlobVec(list):
+    """pycaffe's ``layer.blobs``: a list of Blobs with ``add_blob(*shape)``."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def add_blob(self, *shape):
+        from ..blob import Blob
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        b = Blob(shape, self.dtype)
+        self.append(b)
+        return b
+
+
+class PyLayerBase:
+    """Base class of pycaffe layers (``caffe.Layer``) for modules that import caffe
+    where pycaffe is not installed."""
+
+    def __init__(self, param=None):
+        self.param = param
+        self.blobs = BlobVec(np.float32)
+        self.param_str = ""
+        self.phase = 1
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+def ensure_caffe_module():
+    """Let ``import caffe`` work in layer modules: when pycaffe is not installed, a
+    minimal ``caffe`` module (Layer, TRAIN, TEST, Net) goes into sys.modules."""
+    if "caffe" in sys.modules:
+        return
+    import importlib.util
+    if importlib.util.find_spec("caffe") is not None:
+        return
+    import types
+    mod = types.ModuleType("caffe", "netrun's stand-in for pycaffe (Python layers only)")
+    mod.Layer = PyLayerBase
+    mod.TRAIN, mod.TEST = 0, 1
+    from ..blob import Blob
+    from ..net import Net
+    mod.Blob, mod.Net = Blob, Net
+    mod.__netrun_stub__ = True
+    sys.modules["caffe"] = mod
+
+
+def load_python_class(module, layer, ctx):
+    ensure_caffe_module()
+    extra = [d for d in dict.fromkeys([os.getcwd(), os.path.abspath(ctx.base_dir or ".")])
+             if d not in sys.path]
+    sys.path[:0] = extra
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and module.split(".")[0] == e.name.split(".")[0]:
+            raise LayerError(f'cannot import Python layer module "{module}" (looked on PYTHONPATH, '
+                             "in the current directory and next to the prototxt)") from None
+        raise LayerError(f'Python layer module "{module}" failed to import: {e}') from e
+    except Exception as e:
+        raise LayerError(f'Python layer module "{module}" failed to import: '
+                         f"{type(e).__name__}: {e}") from e
+    finally:
+        for d in extra:
+            if d in sys.path:
+                sys.path.remove(d)
+    cls = getattr(mod, layer, None)
+    if cls is None:
+        raise LayerError(f'Python module "{module}" ({getattr(mod, "__file__", "?")}) has no '
+                         f'class "{layer}"')
+    return cls
+
+
+@register("Python")
+class Python(Layer):
+    """A pycaffe layer: class ``python_param.layer`` of module ``python_param.module``.
+
+    It runs the user's code, so it is loaded only when the net is built with
+    ``allow_python_layers=True`` (``--allow-python-layers``).  As in pycaffe the
+    class is instantiated with the LayerParameter, gets ``param_str`` and ``phase``
+    before ``setup(bottom, top)``, then ``reshape(bottom, top)`` before every
+    ``forward(bottom, top)``, and ``backward(top, propagate_down, bottom)``.
+    Blobs have ``.data``, ``.diff``, ``.reshape(*shape)``, ``.shape``, ``.count``;
+    learnable parameters go in ``self.blobs`` (``self.blobs.add_blob(*shape)``).
+    """
+
+    def __init__(self, param, ctx):
+        super().__init__(param, ctx)
+        pp = param.python_param
+        self.where = f"{pp.module}.{pp.layer}"
+        if not ctx.allow_python_layers:
+            raise LayerError(f'Python layer class "{pp.layer}" from module "{pp.module}" would run '
+                             "code from that module: pass --allow-python-layers "
+                             "(Net(..., allow_python_layers=True)) to allow it")
+        check(bool(pp.module) and bool(pp.layer), "python_param needs module and layer")
+        cls = load_python_class(pp.module, pp.layer, ctx)
+        try:
+            if getattr(cls, "__init__", object.__init__) is object.__init__:
+                impl = cls()
+            else:
+                impl = cls(param)
+        except NetrunError:
+            raise
+        except Exception as e:
+            raise LayerError(f"{self.where}(...) raised {type(e).__name__}: {e}") from e
+        blobs = getattr(impl, "blobs", None)
+        if not isinstance(blobs, BlobVec):
+            vec = BlobVec(self.dtype)
+            vec.extend(blobs or [])
+            blobs = vec
+        blobs.dtype = self.dtype
+        impl.blobs = blobs
+        self.blobs = blobs
+        self.impl = impl
+        impl.param_str = pp.param_str
+        impl.phase = int(self.phase)
+
+    def _call(self, method, *args):
+        fn = getattr(self.impl, method, None)
+        if fn is None:
+            if method == "backward":
+                return None
+            raise LayerError(f'Python layer {self.where} has no method "{method}"')
+        try:
+            return fn(*args)
+        except NetrunError:
+            raise
+        except Exception as e:
+            raise LayerError(f"{self.where}.{method} raised {type(e).__name__}: {e}") from e
+
+    def setup(self, bottom, top):
+        self._call("setup", bottom, top)
+
+    def reshape(self, bottom, top):
+        self._call("reshape", bottom, top)
+
+    def forward(self, bottom, top):
+        self._call("forward", bottom, top)
+
+    def backward(self, top, propagate_down, bottom):
+        self._call("backward", top, list(propagate_down), bottom)
