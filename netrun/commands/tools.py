@@ -5,13 +5,13 @@ registered on the ``netrun`` group at the end of :mod:`netrun.cli`.
 """
 import json
 import math
+import re
 
 import click
 import numpy as np
 
 from ..cli import (build_net, gather_inputs, load_arrays, load_npz, net_options,
                    parse_assignments, parse_shape, warn)
-from ..errors import NetrunError
 from ..io.atomic import atomic_write
 from ..net import Net
 from ..tools import compare as compare_mod
@@ -73,8 +73,15 @@ def _finite(obj):
     return obj
 
 
+_SCALAR = r"(?:-?[\d.eE+-]+|null|true|false)"
+# json.dumps(indent=...) puts a raw newline after "[" only outside strings
+_NUMBER_LIST = re.compile(r"\[\n\s*(" + _SCALAR + r"(?:,\n\s*" + _SCALAR + r")*)\n\s*\]")
+
+
 def _print_json(obj):
-    click.echo(json.dumps(_finite(obj), indent=1, allow_nan=False))
+    """Indented JSON with lists of plain numbers (shapes, indices) kept on one line."""
+    text = json.dumps(_finite(obj), indent=1, allow_nan=False)
+    click.echo(_NUMBER_LIST.sub(lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text))
 
 
 def _fail():
@@ -128,7 +135,7 @@ def summary_command(fmt, as_json, show_splits, **o):
 
     \b
     Example:
-      netrun summary models/resnet50_deploy.prototxt --input-shape data=8,3,224,224
+      netrun summary models/lenet_deploy.prototxt --input-shape data=64,1,28,28
     """
     net = _build_shapes_only(o)
     result = summary_mod.summarize(net, show_splits=show_splits)
@@ -237,14 +244,17 @@ def gradcheck_command(layers, stepsize, threshold, kink, kink_range, exhaustive,
     Non-smooth points are conventions: ReLU's derivative at exactly 0 is taken
     as 0 (the slope, for leaky ReLU), so a feature within h of 0 fails without
     a kink window.  Check the ReLU family (ReLU, AbsVal, PReLU) as Caffe's own
-    tests do, with --kink 0 --kink-range 0.01; for max pooling near ties use a
-    smaller --stepsize.  Each feature costs two forward passes of its layer:
-    use --layer and --max-features on large nets.
+    tests do, with --kink 0 --kink-range 0.01.  The step must be small against
+    the values it perturbs: for max pooling/Eltwise MAX near ties, strongly
+    curved functions (Log, Power with fractional powers) or the small
+    activations deep inside a net, use a smaller --stepsize (1e-4 is safe in
+    float64).  Each feature costs two forward passes of its layer: use --layer
+    and --max-features on large nets.
 
     \b
     Examples:
       netrun gradcheck models/mlp_loss.prototxt
-      netrun gradcheck net.prototxt --layer relu1 --kink 0 --kink-range 0.01
+      netrun gradcheck models/mlp_loss.prototxt --layer relu1 --kink 0 --kink-range 0.01
     """
     no = _net_opts(o, dtype="float64")
     arrays = load_arrays(no)
@@ -282,8 +292,10 @@ def gradcheck_command(layers, stepsize, threshold, kink, kink_range, exhaustive,
                            f"analytic {f['analytic']:.6g}, numeric {f['numeric']:.6g}")
             if b["failures"] > len(b["failing"]) and b["failing"]:
                 click.echo(f"{'':<20}   ... ({b['failures']} failing in all)")
+        if res.get("warning"):
+            click.echo(f"{'':<20}   warning: {res['warning']}")
 
-    results = gradcheck_mod.gradcheck(net, inputs, layers=list(layers), on_layer=show, **settings)
+    results = gradcheck_mod.check_net(net, inputs, layers=list(layers), on_layer=show, **settings)
     failed = [r["name"] for r in results if r["status"] == "fail"]
     if as_json:
         _print_json({"layers": results, "failed": failed, "ok": not failed,

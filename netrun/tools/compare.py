@@ -38,7 +38,7 @@ def compare_arrays(a, b, rtol=1e-5, atol=1e-8):
         rel = np.where(diff == 0, 0.0, diff / np.where(denom == 0, 1.0, denom))
         rel = np.where(np.isnan(rel), np.inf, rel)
         tol = atol + rtol * np.abs(y)
-        ok = diff <= tol
+        ok = same | (diff <= tol)
         ratio = np.where(diff == 0, 0.0, diff / np.where(tol > 0, tol, np.inf))
         ratio = np.where(np.isnan(ratio), np.inf, ratio)
     bad = int(np.count_nonzero(~ok))

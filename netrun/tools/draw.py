@@ -3,7 +3,8 @@
 * Layers are boxes labelled with name, type and key parameters (kernel, stride,
   num_output, ...).
 * A blob read by one layer is an edge labelled with its name and shape; a blob
-  read by several layers, and every net output, is an ellipse of its own.
+  read by several layers, and every net output (also one that is read, as a
+  loss-weighted hidden blob), is an ellipse of its own.
 * In-place layers (top named as their bottom) are stacked into the box of the
   layer that produced the blob, one ``+ name (Type)`` line each.
 * The Split layers Caffe inserts are hidden (their consumers read the original
@@ -161,6 +162,7 @@ def to_dot(net, rankdir="TB", show_splits=False):
             versions[src]["via_split"] = True
             for t in tids:
                 current[t] = src
+                versions[src]["names"].append(t)
             continue
         in_place = [j for j, t in enumerate(tids) if j < len(bids) and bids[j] == t]
         node = None
@@ -184,7 +186,8 @@ def to_dot(net, rankdir="TB", show_splits=False):
         for j, t in enumerate(tids):
             if stacked and j in in_place:
                 continue
-            versions.append({"name": t, "writer": node, "consumers": [], "via_split": False})
+            versions.append({"name": t, "names": [t], "writer": node, "consumers": [],
+                             "via_split": False})
             current[t] = len(versions) - 1
 
     out = [f"digraph {_quote(net.name or 'net')} {{",
@@ -194,13 +197,15 @@ def to_dot(net, rankdir="TB", show_splits=False):
     for nid in order:
         n = nodes[nid]
         out.append(f"  {nid} [label={_quote(chr(10).join(n['lines']))}, fillcolor={_quote(n['color'])}];")
+    outputs = set(net.outputs)
     for k, v in enumerate(versions):
         name = v["name"]
         if name.startswith("(automatic") or v["writer"] is None:
             continue
         label = f"{name}\n{_shape(net.blobs[name].shape)}"
         cons = v["consumers"]
-        if len(cons) == 1:
+        is_output = any(n in outputs for n in v["names"])
+        if len(cons) == 1 and not is_output:
             out.append(f"  {v['writer']} -> {cons[0]} [label={_quote(label)}];")
             continue
         bid = f"B{k}"

@@ -84,7 +84,7 @@ def check_layer(layer, bottom_arrays, bottom_names, n_tops, stepsize=1e-2, thres
         if mine.shape != theirs.shape:
             raise NetrunError(f"parameter {k} has shape {mine.shape} in a fresh layer and "
                               f"{theirs.shape} in the net", f'layer "{layer.name}"')
-        mine.data = np.array(theirs.data, dtype=np.float64)
+        mine.data[...] = theirs.data        # in place: the layer may share this array
     check_params = layer.type not in NO_PARAM_GRADIENT
     iso.param_propagate_down = [check_params] * len(iso.blobs)
     propagate_down = []
@@ -127,6 +127,9 @@ def check_layer(layer, bottom_arrays, bottom_names, n_tops, stepsize=1e-2, thres
 
     # -- analytic -------------------------------------------------------------------
     base = forward()
+    if base and all(not np.any(a) for a in base):
+        result["warning"] = ("every top value is 0 (parameters from constant-0 fillers?): the check "
+                             "proves little; give trained weights or fillers")
     sizes = [a.size for a in base]
     n_rows = sum(sizes)
     sample_rng = np.random.default_rng(seed)
@@ -205,7 +208,7 @@ def check_layer(layer, bottom_arrays, bottom_names, n_tops, stepsize=1e-2, thres
     return result
 
 
-def gradcheck(net, inputs, layers=None, on_layer=None, **settings):
+def check_net(net, inputs, layers=None, on_layer=None, **settings):
     """Check ``layers`` (names; default every layer but Split) of ``net`` (float64).
 
     ``inputs`` are the arrays for the net's input blobs; the net runs forward

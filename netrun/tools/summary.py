@@ -191,6 +191,18 @@ def fmt_shape(shape):
     return "(" + ", ".join(str(d) for d in shape) + ")" if len(shape) else "()"
 
 
+def _names(names, limit):
+    text = ", ".join(names)
+    if len(text) <= limit or len(names) < 2:
+        return text
+    return f"{names[0]} +{len(names) - 1} more"
+
+
+def _flow(bottoms, tops, limit=60):
+    """'a, b -> c', shortened to 'a +3 more -> c' when too wide for a table."""
+    return (_names(bottoms, limit // 2) + " -> " + _names(tops, limit // 2)).strip()
+
+
 def format_table(summary, totals_only=False):
     """The summary as aligned text lines."""
     lines = []
@@ -199,7 +211,7 @@ def format_table(summary, totals_only=False):
         table = []
         for r in summary["layers"]:
             tops = r["tops"] or [{"name": "", "shape": None}]
-            flow = ", ".join(r["bottoms"]) + " -> " + ", ".join(t["name"] for t in r["tops"])
+            flow = _flow(r["bottoms"], [t["name"] for t in r["tops"]])
             params = f"{r['params']:,}" + (" (shared)" if r["shared_params"] else "")
             first = tops[0]
             table.append([r["name"], r["type"], flow.strip(),
