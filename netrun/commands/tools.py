@@ -12,6 +12,7 @@ import numpy as np
 
 from ..cli import (build_net, gather_inputs, load_arrays, load_npz, net_options,
                    parse_assignments, parse_shape, warn)
+from ..errors import NetrunError
 from ..io.atomic import atomic_write
 from ..net import Net
 from ..tools import compare as compare_mod
@@ -173,13 +174,12 @@ def draw_command(out, rankdir, show_splits, **o):
     fmt = draw_mod.output_format(out)
     net = _build_shapes_only(o)
     text = draw_mod.to_dot(net, rankdir=rankdir.upper(), show_splits=show_splits)
-    if fmt == "dot":
-        with atomic_write(out, "w") as f:
-            f.write(text)
-    else:
-        data = draw_mod.render(text, fmt)
+    data = text.encode("utf-8") if fmt == "dot" else draw_mod.render(text, fmt)
+    try:
         with atomic_write(out, "wb") as f:
             f.write(data)
+    except OSError as e:
+        raise NetrunError(f"cannot write it: {e.strerror or e}", out) from None
     if not o["quiet"]:
         click.echo(f"wrote {out}")
 
