@@ -147,8 +147,10 @@ def collect(net):
 def run_api(case, dtype=np.float32):
     net = build_net(case, dtype)
     net.forward(**case.inputs())
-    if case.backward != "none":
+    if case.backward == "top_diffs":
         net.backward(**case.top_diffs())
+    elif case.backward == "loss":
+        net.backward()
     return {k: np.array(v) for k, v in collect(net).items()}
 
 

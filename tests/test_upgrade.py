@@ -485,7 +485,10 @@ def test_blob_helpers():
     legacy = caffe_pb2.BlobProto(num=1, channels=2, height=1, width=2, data=[1, 2, 3, 4])
     assert blob_shape(legacy) == (1, 2, 1, 2)
     assert blob_array(legacy).reshape(-1).tolist() == [1, 2, 3, 4]
-    assert blob_shape(caffe_pb2.BlobProto(data=[1, 2, 3])) == (3,)
+    # neither shape nor legacy dims: a 0-axis blob (Caffe's scalar), so 3 values do not fit
+    assert blob_shape(caffe_pb2.BlobProto(data=[7])) == ()
+    with pytest.raises(NetrunError, match="3 values"):
+        blob_array(caffe_pb2.BlobProto(data=[1, 2, 3]))
     bad = caffe_pb2.BlobProto(num=2, channels=2, height=1, width=1, data=[1, 2, 3])
     with pytest.raises(NetrunError, match="3 values"):
         blob_array(bad)

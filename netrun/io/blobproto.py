@@ -15,13 +15,13 @@ def is_legacy(bp):
 
 def blob_shape(bp):
     """Shape of a BlobProto: ``shape.dim``, else the legacy 4-D dims (unset ones
-    count as 0, as in Caffe); a blob with neither is 1-D over its values."""
+    count as 0, as in Caffe); a blob with neither is 0-axis (one value), as Caffe
+    writes a scalar parameter such as a shared PReLU slope."""
     if bp.HasField("shape"):
         return tuple(int(d) for d in bp.shape.dim)
     if is_legacy(bp):
         return tuple(int(getattr(bp, f)) for f in LEGACY_DIMS)
-    n = len(bp.double_data) or len(bp.data)
-    return (n,) if n else ()
+    return ()
 
 
 def blob_array(bp, dtype=np.float32, shape=None):
