@@ -5,7 +5,7 @@ import time
 
 import click
 
-from ..cli import build_net, echo, gather_inputs, load_arrays, net_options
+from .common import build_net, echo, gather_inputs, load_arrays, net_options
 
 
 @click.command("time")

@@ -10,7 +10,7 @@ import re
 import click
 import numpy as np
 
-from ..cli import (build_net, gather_inputs, load_arrays, load_npz, net_options,
+from .common import (build_net, gather_inputs, load_arrays, load_npz, net_options,
                    parse_assignments, parse_shape, warn)
 from ..errors import NetrunError
 from ..io.atomic import atomic_write

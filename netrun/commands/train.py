@@ -15,8 +15,8 @@ from ..errors import NetrunError
 
 
 def _cli():
-    from .. import cli          # imported late: cli.py imports this module at its end
-    return cli
+    from . import common
+    return common
 
 
 class Progress:
