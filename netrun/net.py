@@ -196,7 +196,8 @@ class Net:
 
     def __init__(self, model, *args, phase=None, weights=None, level=0, stages=(),
                  dtype=np.float32, seed=0, edits=(), input_shapes=None, warn=None,
-                 allow_python_layers=False, inference=False, max_memory="default"):
+                 allow_python_layers=False, inference=False, max_memory="default",
+                 fill_params=True):
         for a in args:                         # pycaffe's positional forms
             if isinstance(a, (int, np.integer)) or (isinstance(a, str) and a.lower() in PHASES):
                 phase = a
@@ -236,8 +237,12 @@ class Net:
         layer_params, origins = insert_splits(layer_params, kept, source.where)
         self.force_backward = param.force_backward
         self._build(layer_params, origins, allow_python_layers)
-        if weights is not None:
-            self.copy_from(weights)
+        # Fillers run after the weights are loaded, and only for parameters the
+        # weights did not give (fill_params=False: shapes only, e.g. for summary).
+        loaded = self.copy_from(weights) if weights is not None else set()
+        if fill_params:
+            self._fill_pending(loaded)
+        self._pending_fills = []
 
     # -- loading -------------------------------------------------------------------------
     def _load(self, model):
@@ -323,6 +328,7 @@ class Net:
         ctx = Context(self.phase, self.dtype, self.rng, self._warn, allow_python_layers,
                       os.path.dirname(self.source.path) if self.source.path else ".",
                       self.budget)
+        ctx.pending_fills = self._pending_fills = []
         param_owner = {}         # ParamSpec name -> (layer index, param index)
         self._shares = []
         producers = {}
@@ -673,9 +679,18 @@ class Net:
 
     # -- weights --------------------------------------------------------------------------
     def copy_from(self, weights):
-        """Load parameters from a .caffemodel (path or NetParameter), matching layers by name."""
+        """Load parameters from a .caffemodel (path or NetParameter), matching layers by
+        name; returns the set of ids of the parameter blobs it wrote."""
         from .io.caffemodel import copy_weights
-        copy_weights(self, weights)
+        return copy_weights(self, weights)
+
+    def _fill_pending(self, loaded=()):
+        """Run the fillers of parameters still in use and not loaded, in creation order."""
+        from .fillers import fill
+        live = {id(b) for layer in self.layers for b in layer.blobs}
+        for blob, filler in self._pending_fills:
+            if id(blob) in live and id(blob) not in loaded:
+                blob.data[...] = fill(filler, blob.shape, self.rng)
 
     def save(self, path):
         """Write the parameters as a binary .caffemodel (Caffe's Net::ToProto)."""

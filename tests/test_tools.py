@@ -19,7 +19,7 @@ from netrun.io.prototxt import read_net
 from netrun.layers import layer_class
 from netrun.net import PHASES, filter_layers
 from netrun.proto import caffe_pb2
-from netrun.tools.summary import shapes_only, split_aliases
+from netrun.tools.summary import split_aliases
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -146,8 +146,7 @@ def test_draw_writes_valid_dot(prototxt, phase, tmp_path):
     assert dot.startswith("digraph ") and dot.rstrip().endswith("}")
     outside = re.sub(r'"(?:[^"\\]|\\.)*"', '""', dot)          # braces outside quoted strings
     assert outside.count("{") == outside.count("}") == 1
-    with shapes_only():
-        net = Net(str(prototxt), phase=phase, warn=lambda m: None, max_memory=None)
+    net = Net(str(prototxt), phase=phase, warn=lambda m: None, max_memory=None, fill_params=False)
     for layer in net.layers:
         if layer.type == "Split":
             continue

@@ -92,10 +92,9 @@ def _fail():
 def _build_shapes_only(o):
     """The net with its shapes and no arrays: parameters are never filled, nothing runs."""
     shapes = {n: parse_shape(n, v) for n, v in parse_assignments(o["input_shape"], "--input-shape")}
-    with summary_mod.shapes_only():
-        return Net(o["model"], phase=o["phase"], level=o["level"], stages=o["stage"],
-                   edits=list(o["edits"]), input_shapes=shapes or None, warn=warn,
-                   max_memory=None)
+    return Net(o["model"], phase=o["phase"], level=o["level"], stages=o["stage"],
+               edits=list(o["edits"]), input_shapes=shapes or None, warn=warn,
+               max_memory=None, fill_params=False)
 
 
 # -- summary --------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ def copy_weights(net, weights):
     where = None if isinstance(weights, caffe_pb2.NetParameter) else os.fspath(weights)
     param = read_weights(weights, net._warn)
     index = {name: i for i, name in enumerate(net.layer_names)}
+    written = set()
     for lp in param.layer:
         li = index.get(lp.name)
         if li is None or not len(lp.blobs):
@@ -44,6 +45,8 @@ def copy_weights(net, weights):
                 raise NetrunError(f"{label}: blob {k} has shape {blob_shape(bp)} in the weights, "
                                   f"the net expects {blob.shape}", where)
             blob.data[...] = blob_array(bp, blob.dtype, blob.shape)
+            written.add(id(blob))
+    return written
 
 
 def net_to_proto(net):

@@ -55,6 +55,7 @@ class Context:
         self.allow_python_layers = allow_python_layers
         self.base_dir = base_dir
         self.budget = budget            # netrun.memory.Budget: charged before allocating
+        self.pending_fills = None       # a list: fillers run after weights are loaded
 
     def warn(self, message):
         if self._warn is not None:
@@ -110,7 +111,10 @@ class Layer:
         if self.ctx.budget is not None:
             self.ctx.budget.charge(blob.nbytes, f'layer "{self.name}" parameter {blob.shape}')
         if filler is not None:
-            blob.data[...] = fill(filler, blob.shape, self.ctx.rng)
+            if self.ctx.pending_fills is not None:
+                self.ctx.pending_fills.append((blob, filler))
+            else:
+                blob.data[...] = fill(filler, blob.shape, self.ctx.rng)
         return blob
 
     def check_blob_counts(self, bottom, top):

@@ -20,35 +20,11 @@ Biases are not counted.  Memory is the bytes of blob arrays at the net's dtype:
 an in-place top shares its bottom's array and a Split top shares its bottom's data,
 so both count 0 for the forward pass.  Layers' scratch buffers are not counted.
 """
-import contextlib
 import math
 
-from ..blob import Blob
-from ..layers.base import Layer
 
 ONE_PER_ELEMENT = ("BatchNorm", "Scale", "Bias", "PReLU", "MVN", "Power", "Normalize")
 RECURRENT = ("LSTM", "RNN")
-
-
-@contextlib.contextmanager
-def shapes_only():
-    """Build nets without filling their parameters.
-
-    Inside the block ``Layer.new_param`` returns a Blob with its shape only (its
-    data is allocated -- as zeros -- only if something reads it), so summarizing
-    or drawing a net with hundreds of millions of weights costs neither the
-    random numbers nor the memory.  Not thread-safe: it patches the base class.
-    """
-    original = Layer.new_param
-
-    def lazy_param(self, shape, filler=None):
-        return Blob(shape, self.dtype)
-
-    Layer.new_param = lazy_param
-    try:
-        yield
-    finally:
-        Layer.new_param = original
 
 
 def _prod(shape):
