@@ -1,7 +1,41 @@
-"""netrun: run Caffe networks forward and backward in pure Python, with Caffe's numbers."""
-from .blob import Blob  # noqa: F401
-from .errors import NetrunError  # noqa: F401
-from .net import Net, NetrunWarning  # noqa: F401
+"""netrun: run Caffe networks forward and backward in pure Python, with Caffe's numbers.
+
+The names mirror pycaffe's ``caffe`` module, so ``import netrun as caffe`` runs
+most pycaffe scripts::
+
+    net = netrun.Net("deploy.prototxt", "w.caffemodel", netrun.TEST)
+    net.blobs["data"].data[...] = x
+    prob = net.forward()["prob"]
+"""
+import warnings as _warnings
+
+from .blob import Blob
+from .errors import NetrunError
+from .layers.base import Layer
+from .net import Net, NetrunWarning
+from .proto import caffe_pb2
+from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver,
+                     SGDSolver, get_solver)
+
+__all__ = ["Blob", "NetrunError", "Layer", "Net", "NetrunWarning", "caffe_pb2", "AdaDeltaSolver",
+           "AdaGradSolver", "AdamSolver", "NesterovSolver", "RMSPropSolver", "SGDSolver",
+           "get_solver", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
+           "__version__"]
 
 __version__ = "0.1.0"
-TRAIN, TEST = 0, 1
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST   # 0, 1 as in Caffe
+
+
+# pycaffe's device selection: netrun always runs on the CPU.
+def set_mode_cpu():
+    """Nothing to do: netrun runs on the CPU."""
+
+
+def set_mode_gpu():
+    """netrun has no GPU mode: warn and keep running on the CPU."""
+    _warnings.warn("netrun runs on the CPU only; set_mode_gpu() is ignored", NetrunWarning,
+                   stacklevel=2)
+
+
+def set_device(device_id):
+    """Nothing to do: netrun runs on the CPU."""

@@ -171,6 +171,16 @@ Reduction Reshape SPP Scale Sigmoid SigmoidCrossEntropyLoss Silence Slice Softma
 SoftmaxWithLoss Split Swish TanH Threshold Tile WindowData""".split())
 
 
+# A layer's setup/reshape should raise LayerError for every bad parameter; these
+# exceptions from setup/reshape mean a check is missing: report them as user errors
+# naming the layer (chained, so --debug shows where they came from).
+SETUP_ERRORS = (ValueError, IndexError, ZeroDivisionError, OverflowError, TypeError, KeyError)
+
+
+def invalid_parameters(e):
+    return NetrunError(f"invalid parameters ({type(e).__name__}: {e})")
+
+
 def unknown_type_message(type_name):
     known = registered_types()
     if type_name in BVLC_TYPES:
@@ -229,7 +239,7 @@ class Net:
         state.phase = self.phase
         if level:
             state.level = level
-        state.stage.extend(s for s in stages if s not in state.stage)
+        state.stage.extend(s for s in (stages or ()) if s not in state.stage)
         self.state = state
         kept = filter_layers_located(param, state, source)
         check_input_shapes(param, kept, source)
@@ -314,6 +324,7 @@ class Net:
 
     # -- 3./4./5. build ----------------------------------------------------------------------
     def _build(self, layer_params, origins, allow_python_layers):
+        self._charged = set()        # blobs charged to the memory budget
         self.layers = []
         self._layer_names = []
         self._layer_where = []
@@ -401,6 +412,11 @@ class Net:
                 raise e.located(loc) from None
             except NetrunError as e:
                 raise e.located(loc) from None
+            except SETUP_ERRORS as e:        # safety net: a parameter no check caught
+                raise invalid_parameters(e).located(loc) from e
+            # charge the new tops now, before a later layer (Split) or a loss weight
+            # allocates their arrays
+            self._charge_blobs(tids)
             # loss weights
             weights = list(lp.loss_weight)
             if not weights and cls.is_loss:
@@ -444,11 +460,14 @@ class Net:
         self._refresh_views()
         self._charge_blobs()
 
-    def _charge_blobs(self):
-        """Charge every blob's data (and diff, unless inference) before any forward."""
+    def _charge_blobs(self, names=None):
+        """Charge each blob's data (and diff, unless inference) once, before any forward."""
         per = 1 if self.inference else 2
-        for name, blob in self.blobs.items():
-            if not blob.has_data:
+        charged = self._charged
+        for name in (self.blobs if names is None else names):
+            blob = self.blobs[name]
+            if name not in charged and not blob.has_data:
+                charged.add(name)
                 self.budget.charge(blob.nbytes * per, f'blob "{name}" {blob.shape}')
 
     def _plan_backward(self):
@@ -568,6 +587,10 @@ class Net:
             return fn(*args)
         except NetrunError as e:
             raise e.located(self._layer_where[li]) from None
+        except SETUP_ERRORS as e:            # safety net for reshape (not forward/backward)
+            if getattr(fn, "__name__", None) != "reshape":
+                raise
+            raise invalid_parameters(e).located(self._layer_where[li]) from e
 
     def forward_layer(self, li):
         """Reshape and run layer ``li``; return its weighted loss."""
@@ -596,7 +619,8 @@ class Net:
         """Run layers ``start``..``end`` (names or indices, inclusive).
 
         Keyword arguments are arrays for input blobs.  Returns a dict of the
-        net outputs (plus the blobs named in ``blobs``); the total weighted loss
+        net outputs -- with ``end``, of that layer's tops, as pycaffe -- plus the
+        blobs named in ``blobs``; the total weighted loss
         is kept in ``self.loss``.  In inference mode (``Net(..., inference=True)``)
         every other blob is freed as soon as its last reader has run.
         ``on_layer(i)`` is called after layer ``i`` has run.
@@ -619,14 +643,16 @@ class Net:
             for name in free_after.get(li, ()):
                 self.blobs[name].free()
         self.loss = loss
-        wanted = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
+        base = list(self.top_ids[e]) if end is not None else list(self.outputs)  # as pycaffe
+        wanted = base + [b for b in (blobs or []) if b not in base]
         return OrderedDict((n, self.blobs[n].data) for n in wanted)
 
     def backward(self, diffs=None, start=None, end=None, on_layer=None, **top_diffs):
         """Run backward from layer ``start`` down to ``end`` (inclusive).
 
         Keyword arguments set the diffs of output blobs first.  Returns a dict of
-        the input blobs' diffs (plus the blobs named in ``diffs``).  ``on_layer(i)``
+        the input blobs' diffs -- with ``end``, of that layer's bottoms, as pycaffe --
+        plus the blobs named in ``diffs``.  ``on_layer(i)``
         is called after layer ``i`` has run backward.
         """
         for name, arr in top_diffs.items():
@@ -654,7 +680,8 @@ class Net:
                     self._watch(li, "backward", "diff of", arrays)
                 if on_layer is not None:
                     on_layer(li)
-        wanted = list(self.inputs) + [b for b in (diffs or []) if b not in self.inputs]
+        base = list(self.bottom_ids[e]) if end is not None else list(self.inputs)  # as pycaffe
+        wanted = base + [b for b in (diffs or []) if b not in base]
         return OrderedDict((n, self.blobs[n].diff) for n in wanted)
 
     def _watch(self, li, phase, what, arrays):
@@ -716,6 +743,106 @@ class Net:
 
     def where(self, layer):
         return self._layer_where[self._layer_index(layer, 0)]
+
+    # -- more of pycaffe's Net ----------------------------------------------------------------
+    @property
+    def _blob_names(self):
+        """The blob names in net order (pycaffe's ``net._blob_names``)."""
+        return list(self.blobs)
+
+    def share_with(self, other):
+        """Caffe's ``ShareTrainedLayersWith``: every layer of this net named as a
+        layer of ``other`` uses that layer's parameter *data* (the same arrays;
+        shapes and blob counts must match).  Gradients stay separate."""
+        mine = self.layer_dict
+        for name, source in other.layer_dict.items():
+            target = mine.get(name)
+            if target is None:
+                continue
+            if len(target.blobs) != len(source.blobs):
+                raise NetrunError(f'layer "{name}" has {len(target.blobs)} parameter blob(s) here '
+                                  f"and {len(source.blobs)} in the net to share with")
+            for k, (t, s) in enumerate(zip(target.blobs, source.blobs)):
+                if t.shape != s.shape:
+                    raise NetrunError(f'layer "{name}" parameter {k} has shape {t.shape} here and '
+                                      f"{s.shape} in the net to share with")
+                t.share_data(s)
+
+    def _batches(self, arrays):
+        """pycaffe's ``_batch``: cut arrays of N items into the net's batches.
+
+        The batch size is the first dimension of the blob of the first array
+        given; the last batch is padded with zeros.  Yields (batch dict, number
+        of real items in it)."""
+        arrays = OrderedDict((k, np.asarray(v)) for k, v in arrays.items())
+        for name, arr in arrays.items():
+            if name not in self.blobs:
+                raise NetrunError(f'"{name}" is not a blob of the net')
+            if arr.ndim == 0:
+                raise NetrunError(f'"{name}": need an array of items (first dimension), got a scalar')
+        counts = {name: len(arr) for name, arr in arrays.items()}
+        if len(set(counts.values())) > 1:
+            raise NetrunError("the arrays have different numbers of items: " +
+                              ", ".join(f"{k} {n}" for k, n in counts.items()))
+        first = next(iter(arrays))
+        size = self.blobs[first].shape[0] if self.blobs[first].num_axes else 1
+        total = counts[first]
+        for i in range(0, total, max(size, 1)):
+            used = min(size, total - i)
+            batch = OrderedDict()
+            for name, arr in arrays.items():
+                chunk = arr[i:i + used]
+                if used < size:
+                    pad = np.zeros((size - used,) + arr.shape[1:], arr.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                batch[name] = chunk
+            yield batch, used
+
+    @staticmethod
+    def _collect(store, values, used, size):
+        for name, arr in values.items():
+            arr = np.asarray(arr)
+            # batched blobs keep their real items; others (a loss) are stacked per batch
+            piece = arr[:used].copy() if arr.ndim and arr.shape[0] == size else arr[None].copy()
+            store.setdefault(name, []).append(piece)
+
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe's ``forward_all``: run arrays of any number of items through
+        the net in batches of its batch size (the last one zero-padded, the
+        padding dropped from the results).  Returns {blob: array} for the
+        outputs and the blobs named in ``blobs``; the net keeps its shapes."""
+        if not kwargs:
+            return OrderedDict((k, v.copy()) for k, v in self.forward(blobs=blobs).items())
+        store = OrderedDict()
+        for batch, used in self._batches(kwargs):
+            size = len(next(iter(batch.values())))
+            self._collect(store, self.forward(blobs=blobs, **batch), used, size)
+        return OrderedDict((k, np.concatenate(v)) for k, v in store.items())
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's ``forward_backward_all``: ``forward_all`` and backward in
+        batches.  Keyword arrays name input blobs (for forward) and output blobs
+        (their diffs, for backward; a net with a loss needs none).  Returns
+        (outputs + ``blobs``, input diffs + ``diffs``) as two dicts of arrays."""
+        extra = [k for k in kwargs if k not in self.inputs and k not in self.outputs]
+        if extra:
+            raise NetrunError(f"{', '.join(extra)}: not an input or output of the net "
+                              f"(inputs: {', '.join(self.inputs) or 'none'}; "
+                              f"outputs: {', '.join(self.outputs)})")
+        if not kwargs:
+            out = self.forward(blobs=blobs)
+            grad = self.backward(diffs=diffs)
+            return (OrderedDict((k, v.copy()) for k, v in out.items()),
+                    OrderedDict((k, v.copy()) for k, v in grad.items()))
+        outs, grads = OrderedDict(), OrderedDict()
+        for batch, used in self._batches(kwargs):
+            size = len(next(iter(batch.values())))
+            fwd = {k: v for k, v in batch.items() if k in self.inputs}
+            bwd = {k: v for k, v in batch.items() if k not in fwd}
+            self._collect(outs, self.forward(blobs=blobs, **fwd), used, size)
+            self._collect(grads, self.backward(diffs=diffs, **bwd), used, size)
+        return (OrderedDict((k, np.concatenate(v)) for k, v in outs.items()),
+                OrderedDict((k, np.concatenate(v)) for k, v in grads.items()))
 
 
 def filter_layers_located(param, state, source):

@@ -1,4 +1,7 @@
 """What the commands share: the net options, loading inputs, building the net, printing."""
+import json
+import math
+import re
 import zipfile
 
 import click
@@ -16,6 +19,50 @@ def warn(message):
 def note(ctx_obj, message):
     if not ctx_obj.get("quiet"):
         click.echo(f"netrun: {message}", err=True)
+
+
+# -- JSON output ------------------------------------------------------------------------------
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON object on stdout instead of the text report.")(f)
+
+
+def finite(obj):
+    """Make ``obj`` strict JSON: NaN and infinities become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return finite(obj.item())
+    return obj
+
+
+_SCALAR = r"(?:-?[\d.eE+-]+|null|true|false)"
+# json.dumps(indent=...) puts a raw newline after "[" only outside strings
+_NUMBER_LIST = re.compile(r"\[\n\s*(" + _SCALAR + r"(?:,\n\s*" + _SCALAR + r")*)\n\s*\]")
+
+
+def print_json(obj):
+    """Indented JSON with lists of plain numbers (shapes, indices) kept on one line."""
+    text = json.dumps(finite(obj), indent=1, allow_nan=False)
+    click.echo(_NUMBER_LIST.sub(lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text))
+
+
+def stat_dict(arr, values=False):
+    """Shape, mean |x|, min and max of an array (and the values, if asked) for JSON."""
+    a = np.asarray(arr)
+    out = {"shape": list(a.shape)}
+    if a.size:
+        out.update(mean_abs=float(np.mean(np.abs(a), dtype=np.float64)), min=float(a.min()),
+                   max=float(a.max()))
+    if a.size == 1:
+        out["value"] = float(a.ravel()[0])
+    if values:
+        out["values"] = a.tolist()
+    return out
 
 
 # -- shared options -----------------------------------------------------------------------
@@ -203,10 +250,24 @@ def load_image_input(net, name, paths, o):
 
 def print_top_classes(net, o):
     """Top-5 classes per item of each output made by a Softmax layer."""
-    from ..io.images import read_labels, top_k_lines
+    from ..io.images import read_labels, softmax_outputs, top_k_lines
     labels = read_labels(o["labels"]) if o.get("labels") else None
     images = o.get("_image_paths") or {}
     names = next(iter(images.values())) if len(images) == 1 else None
+    report = o.get("_report")
+    if report is not None:
+        tops = {}
+        for name, probs in softmax_outputs(net):
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :min(5, probs.shape[1])]
+            tops[name] = [
+                {"item": i, **({"image": names[i]} if names and i < len(names) else {}),
+                 "classes": [{"class": int(c), "prob": float(probs[i, c]),
+                              **({"label": labels[c]} if labels and c < len(labels) else {})}
+                             for c in order[i]]}
+                for i in range(probs.shape[0])]
+        if tops:
+            report["top_classes"] = tops
+        return
     lines = top_k_lines(net, 5, labels, names)
     if lines:
         echo(o)
@@ -244,12 +305,12 @@ def fmt_shape(shape):
 
 
 def echo(o, text=""):
-    if not o["quiet"]:
+    if not o["quiet"] and not o.get("as_json"):
         click.echo(text)
 
 
 def show_array(o, arr):
-    if o["values"] and not o["quiet"]:
+    if o["values"] and not o["quiet"] and not o.get("as_json"):
         with np.printoptions(precision=5, suppress=True, threshold=2000, linewidth=100):
             click.echo(np.array2string(np.asarray(arr), prefix="    "))
 
@@ -259,6 +320,26 @@ def visible(net, li):
 
 
 def run_forward(net, o, inputs):
+    """Forward, printing each layer's tops; with ``o["_report"]`` (a dict, for --json)
+    fill it instead: ``layers`` (each with ``tops`` statistics), ``outputs``, ``loss``.
+    ``o["_records"]`` then maps each layer index to its entry of ``layers``."""
+    report = o.get("_report")
+    if report is not None:
+        records = o["_records"] = {}
+        report.setdefault("layers", [])
+
+        def record(li):
+            if visible(net, li):
+                layer = net.layers[li]
+                records[li] = {"name": layer.name, "type": layer.type,
+                               "tops": [{"name": t, **stat_dict(net.blobs[t].data, o["values"])}
+                                        for t in net.top_ids[li]]}
+                report["layers"].append(records[li])
+
+        net.forward(blobs=o.get("keep"), on_layer=record, **inputs)
+        report["outputs"] = {n: stat_dict(net.blobs[n].data, o["values"]) for n in net.outputs}
+        report["loss"] = float(net.loss) if net.blob_loss_weights else None
+        return
     echo(o, f"{'layer':<24} {'type':<16} {'top':<24} {'shape':<20} statistics")
 
     def show(li):

@@ -3,9 +3,17 @@ import click
 import numpy as np
 
 from ..errors import NetrunError
-from .common import (build_net, dump_arrays, echo, gather_inputs, load_arrays, load_npy,
-                     load_npz, net_options, note, parse_assignments, print_top_classes,
-                     run_forward, save_npz, show_array, stats, visible, fmt_shape)
+from .common import (build_net, dump_arrays, echo, gather_inputs, json_option, load_arrays,
+                     load_npy, load_npz, net_options, note, parse_assignments, print_json,
+                     print_top_classes, run_forward, save_npz, show_array, stat_dict, stats,
+                     visible, fmt_shape)
+
+
+def _start_report(o):
+    """With --json: the dict the run fills (printed at the end), else None."""
+    if o["as_json"]:
+        o["_report"] = {"model": o["model"], "phase": o["phase"].lower()}
+    return o.get("_report")
 
 
 @click.command()
@@ -20,13 +28,20 @@ from .common import (build_net, dump_arrays, echo, gather_inputs, load_arrays, l
 @click.option("--labels", type=click.Path(dir_okay=False), metavar="SYNSET.txt",
               help="Class names, one a line, for the top-5 of Softmax outputs "
                    "(synset_words.txt: the text after the id).")
+@json_option
 def forward(**o):
     """Run the net forward; print every layer's tops and the outputs.
 
+    --json prints one object instead: "layers" (name, type, and each top's shape,
+    mean_abs, min, max; -v adds "values"), "outputs", "loss" (null without a loss)
+    and, for Softmax outputs, "top_classes".
+
     \b
-    Example:
+    Examples:
       netrun forward models/lenet_deploy.prototxt --input data=digit.npy
+      netrun forward models/mlp_loss.prototxt --json | jq .loss
     """
+    report = _start_report(o)
     arrays = load_arrays(o)
     net = build_net(o, arrays)
     inputs = gather_inputs(net, o, arrays)
@@ -35,6 +50,10 @@ def forward(**o):
     if o["save"]:
         save_npz(o["save"], dump_arrays(net, with_diffs=False))
         echo(o, f"saved {o['save']}")
+        if report is not None:
+            report["saved"] = o["save"]
+    if report is not None:
+        print_json(report)
 
 
 @click.command()
@@ -47,16 +66,23 @@ def forward(**o):
               help="As force_backward: true: every blob gets its diff (e.g. saliency on the input).")
 @click.option("--dump-diffs", type=click.Path(dir_okay=False), metavar="OUT.npz",
               help="Save data/<blob>, diff/<blob>, param/<layer>/<i>, param_diff/<layer>/<i>.")
+@json_option
 def backward(**o):
     """Run forward then backward; print every layer's diffs and the parameter gradients.
 
     A net with a loss is driven by its loss weights; a net without one gets its
     output diffs from --top-diff(s), else all ones, and gives every blob its diff.
 
+    --json prints one object instead: as forward's, plus per layer "backward"
+    (whether it ran), each top's "diff" and "bottoms" (the diffs it wrote), and
+    "params" (each parameter blob's "data" and "diff" statistics).
+
     \b
-    Example:
+    Examples:
       netrun backward models/relu_demo.prototxt --set relu.relu_param.negative_slope=0.1
+      netrun backward models/mlp_loss.prototxt --json > grads.json
     """
+    report = _start_report(o)
     arrays = load_arrays(o)
     net = build_net(o, arrays, backward=True)
     top_diffs = {}
@@ -75,6 +101,8 @@ def backward(**o):
         if missing:
             note(o, "the net has no loss: output diffs of " + ", ".join(missing) +
                     " set to ones (give --top-diff NAME=FILE.npy to choose)")
+            if report is not None:
+                report["ones_top_diffs"] = missing
     inputs = gather_inputs(net, o, arrays)
     run_forward(net, o, inputs)
     if not net.blob_loss_weights:
@@ -96,6 +124,31 @@ def backward(**o):
                         f"{stats(net.blobs[b].diff)}")
                 show_array(o, net.blobs[b].diff)
 
+    if report is not None:
+        records = o["_records"]
+        for li, rec in records.items():
+            rec["backward"] = bool(net.layer_need_backward[li])
+
+        def record(li):
+            rec = records.get(li)
+            if rec is None:
+                return
+            for t, entry in zip(net.top_ids[li], rec["tops"]):
+                entry["diff"] = stat_dict(net.blobs[t].diff, o["values"])
+            rec["bottoms"] = [{"name": b, "diff": stat_dict(net.blobs[b].diff, o["values"])}
+                              for j, b in enumerate(net.bottom_ids[li])
+                              if net.bottom_need_backward[li][j]]
+
+        net.backward(on_layer=record, **top_diffs)
+        report["params"] = [{"layer": lname, "index": k, "shape": list(b.shape),
+                             "data": _no_shape(stat_dict(b.data, o["values"])),
+                             "diff": _no_shape(stat_dict(b.diff, o["values"]))}
+                            for lname, blobs in net.params.items() for k, b in enumerate(blobs)]
+        if o["dump_diffs"]:
+            save_npz(o["dump_diffs"], dump_arrays(net, with_diffs=True))
+            report["saved"] = o["dump_diffs"]
+        print_json(report)
+        return
     net.backward(on_layer=None if o["quiet"] else show, **top_diffs)
     if net.params:
         echo(o)
@@ -107,6 +160,11 @@ def backward(**o):
     if o["dump_diffs"]:
         save_npz(o["dump_diffs"], dump_arrays(net, with_diffs=True))
         echo(o, f"saved {o['dump_diffs']}")
+
+
+def _no_shape(d):
+    d.pop("shape", None)
+    return d
 
 
 @click.command()
@@ -152,8 +210,20 @@ def upgrade(source, target, quiet):
 
 
 @click.command("layers")
-def list_layers():
-    """List the layer types netrun implements."""
+@click.option("-q", "--quiet", is_flag=True,
+              help="Accepted as by every command; the list is already just the type names.")
+@json_option
+def list_layers(quiet, as_json):
+    """List the layer types netrun implements, one a line (--json: a JSON list).
+
+    \b
+    Examples:
+      netrun layers
+      netrun layers | grep -i loss
+    """
     from ..layers import registered_types
+    if as_json:
+        print_json(registered_types())
+        return
     for t in registered_types():
         click.echo(t)

@@ -5,7 +5,7 @@ import time
 
 import click
 
-from .common import build_net, echo, gather_inputs, load_arrays, net_options
+from .common import build_net, echo, gather_inputs, json_option, load_arrays, net_options, print_json
 
 
 @click.command("time")
@@ -14,16 +14,20 @@ from .common import build_net, echo, gather_inputs, load_arrays, net_options
               help="Timed iterations (after one warm-up).")
 @click.option("--forward-only", is_flag=True, help="Time the forward pass only.")
 @click.option("--force-backward", is_flag=True, help="As force_backward: true.")
+@json_option
 def time_command(**o):
     """Benchmark a net: one warm-up, then per-layer forward and backward averages.
 
     The last lines are spelled as `caffe time` spells them
     (`Average Forward pass: X ms.`, `Average Backward pass: Y ms.`), so scripts that
-    parse Caffe's output keep working.
+    parse Caffe's output keep working.  --json prints one object instead: "layers"
+    (name, type, forward_ms, backward_ms: averages per iteration) and the
+    average_/median_ forward, backward and forward_backward times in ms.
 
     \b
-    Example:
+    Examples:
       netrun time deploy.prototxt --input-shape data=8,3,224,224 --iterations 10
+      netrun time models/lenet_deploy.prototxt -n 5 --json
     """
     arrays = load_arrays(o)
     net = build_net(o, arrays, backward=not o["forward_only"])
@@ -60,7 +64,8 @@ def time_command(**o):
     fwd = [[] for _ in range(n_layers)]
     bwd = [[] for _ in range(n_layers)]
     totals = []
-    show_bar = not o["quiet"] and sys.stderr.isatty() and o["iterations"] > 1
+    show_bar = (not o["quiet"] and not o["as_json"] and sys.stderr.isatty()
+                and o["iterations"] > 1)
     with click.progressbar(range(o["iterations"]), label="timing", file=sys.stderr,
                            hidden=not show_bar) as bar:
         for it in bar:
@@ -69,6 +74,23 @@ def time_command(**o):
             if not show_bar:
                 echo(o, f"Iteration: {it + 1} forward-backward time: {(f + b) * 1e3:.3f} ms.")
     ms = lambda xs: 1e3 * sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    if o["as_json"]:
+        f_all = [f for f, _ in totals]
+        b_all = [b for _, b in totals]
+        fb_all = [f + b for f, b in totals]
+        print_json({
+            "model": o["model"], "iterations": o["iterations"],
+            "forward_only": bool(o["forward_only"]),
+            "layers": [{"name": layer.name, "type": layer.type, "forward_ms": ms(fwd[li]),
+                        "backward_ms": ms(bwd[li]) if bwd[li] else None}
+                       for li, layer in enumerate(net.layers)],
+            "average_forward_ms": ms(f_all), "average_backward_ms": ms(b_all),
+            "average_forward_backward_ms": ms(fb_all),
+            "median_forward_ms": 1e3 * statistics.median(f_all),
+            "median_backward_ms": 1e3 * statistics.median(b_all),
+            "median_forward_backward_ms": 1e3 * statistics.median(fb_all),
+            "total_ms": 1e3 * sum(fb_all)})
+        return
     echo(o, "Average time per layer: ")
     width = max((len(n) for n in net.layer_names), default=10)
     for li, layer in enumerate(net.layers):

@@ -3,15 +3,12 @@
 The logic is in :mod:`netrun.tools`; these are the click commands.  They are
 registered on the ``netrun`` group at the end of :mod:`netrun.cli`.
 """
-import json
-import math
-import re
 
 import click
-import numpy as np
 
 from .common import (build_net, gather_inputs, load_arrays, load_npz, net_options,
                    parse_assignments, parse_shape, warn)
+from .common import print_json as _print_json
 from ..errors import NetrunError
 from ..io.atomic import atomic_write
 from ..net import Net
@@ -59,30 +56,6 @@ def _net_opts(o, **forced):
     base.update(o)
     base.update(forced)
     return base
-
-
-def _finite(obj):
-    """Make ``obj`` strict JSON: NaN and infinities become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _finite(obj.item())
-    return obj
-
-
-_SCALAR = r"(?:-?[\d.eE+-]+|null|true|false)"
-# json.dumps(indent=...) puts a raw newline after "[" only outside strings
-_NUMBER_LIST = re.compile(r"\[\n\s*(" + _SCALAR + r"(?:,\n\s*" + _SCALAR + r")*)\n\s*\]")
-
-
-def _print_json(obj):
-    """Indented JSON with lists of plain numbers (shapes, indices) kept on one line."""
-    text = json.dumps(_finite(obj), indent=1, allow_nan=False)
-    click.echo(_NUMBER_LIST.sub(lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text))
 
 
 def _fail():

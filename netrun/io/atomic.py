@@ -22,6 +22,9 @@ def atomic_write(path, mode="wb"):
         raise NetrunError(f"cannot write: folder {folder} does not exist", path) from None
     except OSError as e:
         raise NetrunError(f"cannot write: {e.strerror}", path) from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600; give the usual file mode
     try:
         with os.fdopen(fd, mode) as f:
             yield f
