@@ -38,6 +38,7 @@ import numpy as np
 from .blob import Blob
 from .errors import LayerError, NetrunError
 from .layers import Context, layer_class, registered_types
+from .layers.vision import release_scratch
 from .proto import caffe_pb2
 
 PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
@@ -181,17 +182,49 @@ def invalid_parameters(e):
     return NetrunError(f"invalid parameters ({type(e).__name__}: {e})")
 
 
+# Well-known layer types of Caffe forks: what they are, and the BVLC types that come
+# closest (spelling-based suggestions mean nothing for these names).
+FORK_TYPES = {
+    "BN": ("the SegNet/ENet forks' batch normalization with built-in scale and shift",
+           ["BatchNorm", "Scale"]),
+    "Upsample": ("the SegNet/YOLOv3 forks' unpooling/upsampling (a Deconvolution with "
+                 "fixed weights upsamples)", ["Deconvolution"]),
+    "Interp": ("the DeepLab/PSPNet forks' bilinear resize", ["Deconvolution"]),
+    "ShuffleChannel": ("ShuffleNet's channel shuffle (a 1x1 Convolution with fixed "
+                       "permutation weights does it)", ["Convolution"]),
+    "ConvolutionDepthwise": ("a depthwise convolution (Convolution with group = channels)",
+                             ["Convolution"]),
+    "DepthwiseConvolution": ("a depthwise convolution (Convolution with group = channels)",
+                             ["Convolution"]),
+    "ReLU6": ("ReLU capped at 6 (Clip with min 0, max 6)", ["Clip", "ReLU"]),
+    "Axpy": ("SENet's a * x + y", ["Scale", "Eltwise"]),
+    "DenseImageData": ("SegNet's image and label-map data layer", ["ImageData"]),
+    "PriorBox": ("an SSD fork layer with no BVLC equivalent", []),
+    "DetectionOutput": ("an SSD fork layer with no BVLC equivalent", []),
+    "Permute": ("the SSD fork's axis transpose, no BVLC equivalent", []),
+    "Normalize": ("the SSD fork's L2 normalization across channels, no BVLC equivalent", []),
+    "ROIPooling": ("a Faster R-CNN fork layer with no BVLC equivalent", []),
+    "PSROIPooling": ("an R-FCN fork layer with no BVLC equivalent", []),
+    "Reorg": ("a YOLOv2 fork layer with no BVLC equivalent", []),
+    "Region": ("a YOLOv2 fork layer with no BVLC equivalent", []),
+}
+
+
 def unknown_type_message(type_name):
     known = registered_types()
     if type_name in BVLC_TYPES:
         return f'layer type "{type_name}" is a BVLC Caffe layer that netrun does not implement yet'
-
-    close = difflib.get_close_matches(type_name, known, n=3, cutoff=0.5)
-    lower = {k.lower(): k for k in known}
-    if type_name.lower() in lower and lower[type_name.lower()] not in close:
-        close.insert(0, lower[type_name.lower()])
+    if type_name in FORK_TYPES:
+        what, close = FORK_TYPES[type_name]
+        what = f": {what}"
+    else:
+        what = ""
+        close = difflib.get_close_matches(type_name, known, n=3, cutoff=0.5)
+        lower = {k.lower(): k for k in known}
+        if type_name.lower() in lower and lower[type_name.lower()] not in close:
+            close.insert(0, lower[type_name.lower()])
     hint = f"; closest known types: {', '.join(close)}" if close else ""
-    return (f'unknown layer type "{type_name}" (not a BVLC Caffe layer{hint}; '
+    return (f'unknown layer type "{type_name}" (not a BVLC Caffe layer{what}{hint}; '
             f"`netrun layers` lists the {len(known)} known types)")
 
 
@@ -256,11 +289,12 @@ class Net:
 
     # -- loading -------------------------------------------------------------------------
     def _load(self, model):
-        from .io.prototxt import NetSource, read_net, upgrade_if_needed
+        from .io.prototxt import NetSource, read_net, shapeless_inputs, upgrade_if_needed
         if isinstance(model, caffe_pb2.NetParameter):
             p = caffe_pb2.NetParameter()
             p.CopyFrom(model)
-            return NetSource(upgrade_if_needed(p, self._warn))
+            return NetSource(upgrade_if_needed(p, self._warn),
+                             shapeless_inputs={n: None for n in shapeless_inputs(p)})
         if isinstance(model, (str, os.PathLike)):
             return read_net(model, warn=self._warn)
         raise TypeError("model must be a prototxt path or a caffe_pb2.NetParameter")
@@ -275,11 +309,28 @@ class Net:
         Python layer without bottoms) with a top given here becomes an Input
         layer, so the net runs without its database: given tops take the given
         shapes, the others (labels) shape (N,) with N the first dim of the first
-        given top.
+        given top.  A legacy ``input:`` declared without a shape (the upgrade drops
+        it, as Caffe does) given here becomes a top of a new first Input layer.
         """
         self.declared_input_shapes = {}
         replaced = set()
         data_tops = []
+        shapeless = [n for n in self.source.shapeless_inputs if n in input_shapes]
+        if shapeless:
+            new = caffe_pb2.LayerParameter(name="input", type="Input")
+            for n in shapeless:
+                new.top.append(n)
+                new.input_param.shape.add().dim.extend(int(d) for d in input_shapes[n])
+            rest = [caffe_pb2.LayerParameter() for _ in param.layer]
+            for copy, lp in zip(rest, param.layer):
+                copy.CopyFrom(lp)
+            del param.layer[:]
+            param.layer.add().CopyFrom(new)
+            param.layer.extend(rest)
+            if self.source.lines:
+                line = self.source.shapeless_inputs[shapeless[0]] or self.source.lines[0]
+                self.source.lines = [line] + list(self.source.lines)
+            replaced.update(shapeless)
         for lp in param.layer:
             if not (lp.type in self.DATA_LAYER_TYPES or (lp.type == "Python" and not len(lp.bottom))):
                 continue
@@ -511,6 +562,9 @@ class Net:
                     blob_need_backward[name] = blob_need_backward[name] or nb
                 layer.param_propagate_down = [True] * len(layer.blobs)
         self.blob_need_backward = blob_need_backward
+        # layers may skip work only a backward pass reads (argmax, kept inputs)
+        for layer, need in zip(self.layers, self.layer_need_backward):
+            layer.need_backward = need
 
     def set_force_backward(self, force=True):
         """Turn Caffe's ``force_backward`` on or off after building."""
@@ -642,6 +696,8 @@ class Net:
                 on_layer(li)
             for name in free_after.get(li, ()):
                 self.blobs[name].free()
+            if self.inference:
+                release_scratch()     # column buffers too: only one layer's at a time
         self.loss = loss
         base = list(self.top_ids[e]) if end is not None else list(self.outputs)  # as pycaffe
         wanted = base + [b for b in (blobs or []) if b not in base]

@@ -150,7 +150,7 @@ def backward(**o):
         print_json(report)
         return
     net.backward(on_layer=None if o["quiet"] else show, **top_diffs)
-    if net.params:
+    if net.params and not o["quiet"]:
         echo(o)
         echo(o, "parameter gradients")
         for lname, blobs in net.params.items():

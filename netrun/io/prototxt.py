@@ -102,10 +102,13 @@ def layer_lines(text):
 class NetSource:
     """A parsed network definition plus where each layer came from."""
 
-    def __init__(self, param, path=None, lines=None):
+    def __init__(self, param, path=None, lines=None, shapeless_inputs=None):
         self.param = param
         self.path = path
         self.lines = lines or []
+        # legacy ``input:`` names declared without a shape (the upgrade drops them, as
+        # Caffe does; Net(input_shapes=...) turns them back into inputs): name -> line
+        self.shapeless_inputs = dict(shapeless_inputs or {})
 
     def where(self, layer_index):
         if self.path is None:
@@ -121,10 +124,39 @@ def read_net(path, warn=None):
     text = read_text(path)
     param = parse_text(text, caffe_pb2.NetParameter(), path)
     lines = layer_lines(text)
+    original = param
     param = upgrade_if_needed(param, warn, path)
+    if param is not original:
+        lines = upgraded_lines(original, param, text, lines)
     if len(lines) != len(param.layer):
         lines = []
-    return NetSource(param, path, lines)
+    line = input_header_line(text)
+    return NetSource(param, path, lines, {n: line for n in shapeless_inputs(original)})
+
+
+def shapeless_inputs(param):
+    """The legacy ``input:`` names of a net that declares no input_shape/input_dim."""
+    if len(param.input_shape) or len(param.input_dim):
+        return []
+    return list(param.input)
+
+
+def upgraded_lines(original, upgraded, text, lines):
+    """Layer lines after the upgrade: V0 ``padding`` layers are folded away, and the
+    Input layer made from the ``input:`` header points at the header's first line."""
+    if len(original.layers) and len(lines) == len(original.layers):
+        lines = [ln for ln, l in zip(lines, original.layers)
+                 if not (l.HasField("layer") and l.layer.type == "padding")]
+    if (len(original.input) and len(upgraded.layer) == len(lines) + 1
+            and upgraded.layer[0].type == "Input"):
+        lines = [input_header_line(text) or 1] + list(lines)
+    return lines
+
+
+def input_header_line(text):
+    """1-based line of the first top-level ``input:`` field (None if there is none)."""
+    m = re.search(r"^[ \t]*input[ \t]*:", text, re.M)
+    return text.count("\n", 0, m.start()) + 1 if m else None
 
 
 def upgrade_if_needed(param, warn=None, path=None):

@@ -479,10 +479,12 @@ def upgrade_net(net, warn=None):
         for p in problems:
             warn(p)
     if _needs_input(out):
+        dropped = ", ".join(f'"{n}"' for n in out.input)
         if _upgrade_input(out):
             warn("turned the legacy input/input_dim/input_shape fields into an Input layer")
         else:
-            warn("dropped legacy input fields that declare no shape")
+            warn(f"dropped the legacy input fields ({dropped}): they declare no shape "
+                 "(to feed them, give their shapes with --input-shape NAME=D0,D1,...)")
     if _needs_batchnorm(out):
         learning = _upgrade_batchnorm(out)
         if learning:            # only lr_mult matters: decay is scaled by lr_mult too
