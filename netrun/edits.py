@@ -15,6 +15,15 @@ from .errors import NetrunError
 from .proto import is_repeated
 
 _INDEX = re.compile(r"^(\w+)(?:\[(\d+)\])?$")
+_INT_RANGE = {}
+for _t in (FD.TYPE_INT32, FD.TYPE_SINT32, FD.TYPE_SFIXED32):
+    _INT_RANGE[_t] = (-(1 << 31), (1 << 31) - 1)
+for _t in (FD.TYPE_INT64, FD.TYPE_SINT64, FD.TYPE_SFIXED64):
+    _INT_RANGE[_t] = (-(1 << 63), (1 << 63) - 1)
+for _t in (FD.TYPE_UINT32, FD.TYPE_FIXED32):
+    _INT_RANGE[_t] = (0, (1 << 32) - 1)
+for _t in (FD.TYPE_UINT64, FD.TYPE_FIXED64):
+    _INT_RANGE[_t] = (0, (1 << 64) - 1)
 _INTS = {FD.TYPE_INT32, FD.TYPE_INT64, FD.TYPE_UINT32, FD.TYPE_UINT64, FD.TYPE_SINT32,
          FD.TYPE_SINT64, FD.TYPE_FIXED32, FD.TYPE_FIXED64, FD.TYPE_SFIXED32, FD.TYPE_SFIXED64}
 
@@ -37,7 +46,12 @@ def _convert(field, value, where):
                 return False
             raise ValueError
         if t in _INTS:
-            return int(value, 0)
+            v = int(value, 0)
+            lo, hi = _INT_RANGE[t]
+            if not lo <= v <= hi:
+                raise NetrunError(f"{where}: {value} is out of range for {field.name} "
+                                  f"({lo} to {hi})")
+            return v
         if t in (FD.TYPE_FLOAT, FD.TYPE_DOUBLE):
             return float(value)
         if t == FD.TYPE_STRING:
@@ -73,7 +87,10 @@ def _set_path(msg, parts, value, where):
             if repeated:
                 container = getattr(msg, field.name)
                 i = int(index or 0)
-                while len(container) <= i:
+                if i > len(container):
+                    raise NetrunError(f"{where}: index {i} is past the end of {field.name} "
+                                      f"({len(container)} entries; index {len(container)} adds one)")
+                if i == len(container):
                     container.add()
                 msg = container[i]
             else:

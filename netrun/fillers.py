@@ -29,13 +29,32 @@ def _fan(fp, shape):
     count = int(np.prod(shape, dtype=np.int64))
     if count == 0:
         return 1.0
-    fan_in = count / shape[0]
+    fan_in = count / (shape[0] if shape else 1)          # a 0-axis blob: one "row"
     fan_out = count / shape[1] if len(shape) > 1 else count
     if fp.variance_norm == FAN_OUT:
         return fan_out
     if fp.variance_norm == AVERAGE:
         return (fan_in + fan_out) / 2.0
     return fan_in
+
+
+KNOWN = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
+
+
+def check_filler(fp, shape):
+    """Refuse parameters the filler cannot draw from (checked when the parameter is made,
+    so the error names the layer)."""
+    from .errors import LayerError
+    kind = fp.type or "constant"
+    if kind not in KNOWN:
+        raise LayerError(f"unknown filler type {kind!r} (known: {', '.join(KNOWN)})")
+    if kind == "uniform" and not (math.isfinite(fp.max - fp.min) and fp.min <= fp.max):
+        raise LayerError(f"uniform filler needs finite min <= max, got min {fp.min:g}, "
+                         f"max {fp.max:g}")
+    if kind == "gaussian" and not fp.std >= 0:
+        raise LayerError(f"gaussian filler needs std >= 0, got {fp.std:g}")
+    if kind == "bilinear" and (len(shape) < 2 or shape[-1] != shape[-2]):
+        raise LayerError(f"bilinear filler needs square kernels, got shape {tuple(shape)}")
 
 
 def fill(fp, shape, rng):
@@ -55,7 +74,7 @@ def fill(fp, shape, rng):
     if kind == "positive_unitball":
         out = rng.random(shape)
         if out.size:
-            flat = out.reshape(shape[0], -1)
+            flat = out.reshape(shape[0] if shape else 1, -1)
             flat /= flat.sum(axis=1, keepdims=True)
         return out
     if kind == "xavier":

@@ -217,3 +217,322 @@ def test_failed_dump_leaves_no_file(tmp_path, monkeypatch):
 def test_output_folder_missing(tmp_path):
     fails("forward", MODELS / "relu_demo.prototxt", "--save", tmp_path / "no" / "x.npz",
           needles=["x.npz", "does not exist"])
+
+
+# -- scenarios of issue 6 that had no test yet ------------------------------------------------
+IMAGE_NET = ('layer { name: "data" type: "Input" top: "data" '
+             'input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+             'layer { name: "r" type: "ReLU" bottom: "data" top: "y" }\n')
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    """A file that exists but cannot be read (permissions): named, with the OS reason."""
+    import builtins
+    p = write(tmp_path, INPUT)
+    real_open = builtins.open
+
+    def deny(file, *a, **k):
+        if str(file) == str(p):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", deny)
+    fails("forward", p, needles=[str(p), "cannot read", "Permission denied"])
+
+
+def test_syntax_error_names_line_and_column(tmp_path):
+    p = write(tmp_path, INPUT + 'layer { name "r" type: "ReLU" }\n')
+    fails("forward", p, needles=[f"{p}:2:14:", 'Expected ":"'])
+
+
+def test_image_that_is_not_an_image(tmp_path):
+    p = write(tmp_path, IMAGE_NET)
+    img = tmp_path / "broken.png"
+    img.write_text("this is not an image\n")
+    fails("forward", p, "--input", f"data={img}",
+          needles=[str(img), "--input data", "cannot decode image"])
+
+
+def test_truncated_png(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+    p = write(tmp_path, IMAGE_NET)
+    good = tmp_path / "good.png"
+    pixels = (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)
+    Image.fromarray(pixels).save(good)
+    data = good.read_bytes()
+    img = tmp_path / "trunc.png"
+    img.write_bytes(data[: len(data) // 2])
+    fails("forward", p, "--input", f"data={img}",
+          needles=[str(img), "--input data", "cannot decode image"])
+
+
+def test_empty_image_file(tmp_path):
+    p = write(tmp_path, IMAGE_NET)
+    img = tmp_path / "empty.jpg"
+    img.write_bytes(b"")
+    fails("forward", p, "--input", f"data={img}", needles=[str(img), "cannot decode image"])
+
+
+@pytest.mark.parametrize("layer", [
+    'layer { name: "big" type: "Convolution" bottom: "data" top: "y" '
+    'convolution_param { num_output: 2 kernel_size: 7 pad: 1 } }\n',
+    'layer { name: "big" type: "Pooling" bottom: "data" top: "y" '
+    'pooling_param { pool: MAX kernel_size: 7 pad: 1 } }\n',
+    'layer { name: "big" type: "Pooling" bottom: "data" top: "y" '
+    'pooling_param { pool: AVE kernel_h: 2 kernel_w: 9 } }\n',
+])
+def test_kernel_larger_than_padded_input(tmp_path, layer):
+    p = write(tmp_path, 'layer { name: "data" type: "Input" top: "data" '
+                        'input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }\n' + layer)
+    fails("forward", p, needles=[f"{p}:2", 'layer "big"', "(1, 3, 4, 4)", "kernel"])
+
+
+@pytest.mark.parametrize("value", [np.array([["a", "b", "c"]] * 2), np.zeros((2, 3), complex)])
+def test_npz_input_wrong_dtype(tmp_path, value):
+    np.savez(tmp_path / "in.npz", x=value)
+    fails("forward", _ip_net(tmp_path), "--inputs", tmp_path / "in.npz",
+          needles=["in.npz[x]", "not numeric", str(value.dtype)])
+
+
+def test_npz_input_wrong_shape(tmp_path):
+    from netrun import Net
+    w = tmp_path / "w.caffemodel"
+    Net(str(_ip_net(tmp_path))).save(str(w))
+    np.savez(tmp_path / "in.npz", x=np.zeros((2, 7), np.float32))
+    fails("forward", _ip_net(tmp_path), "--weights", w, "--inputs", tmp_path / "in.npz",
+          needles=['layer "ip"', "(4, 3)", "(4, 7)"])
+
+
+def test_npz_that_is_not_an_archive(tmp_path):
+    bad = tmp_path / "in.npz"
+    bad.write_bytes(b"PK\x03\x04 definitely not a zip")
+    fails("forward", _ip_net(tmp_path), "--inputs", bad, needles=["in.npz", "--inputs"])
+
+
+def test_pickled_npz_refused(tmp_path):
+    np.savez(tmp_path / "in.npz", x=np.array([{"a": 1}], dtype=object))
+    fails("forward", _ip_net(tmp_path), "--inputs", tmp_path / "in.npz", needles=["in.npz"])
+
+
+def test_input_key_names_no_input(tmp_path):
+    np.save(tmp_path / "z.npy", np.zeros((2, 3), np.float32))
+    fails("forward", _ip_net(tmp_path), "--input", f"nope={tmp_path / 'z.npy'}", needles=['"nope"'])
+
+
+def test_weights_file_missing(tmp_path):
+    fails("forward", _ip_net(tmp_path), "--weights", tmp_path / "none.caffemodel",
+          needles=["none.caffemodel"])
+
+
+def test_weights_blob_count_mismatch(tmp_path):
+    """A caffemodel whose layer has a different number of blobs: layer named, both counts."""
+    from netrun import Net
+    other = write(tmp_path, INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                                    'inner_product_param { num_output: 4 bias_term: false } }\n',
+                  "other.prototxt")
+    w = tmp_path / "w.caffemodel"
+    Net(str(other)).save(str(w))
+    fails("forward", _ip_net(tmp_path), "--weights", w, needles=['layer "ip"'])
+
+
+@pytest.mark.parametrize("param", [
+    'convolution_param { num_output: 2 kernel_size: 3 stride: 0 }',
+    'convolution_param { num_output: 0 kernel_size: 3 }',
+    'convolution_param { num_output: 2 kernel_size: 0 }',
+    'convolution_param { num_output: 2 kernel_size: 3 group: 2 }',
+])
+def test_bad_convolution_parameters(tmp_path, param):
+    p = write(tmp_path, 'layer { name: "data" type: "Input" top: "data" '
+                        'input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+                        f'layer {{ name: "c" type: "Convolution" bottom: "data" top: "y" {param} }}\n')
+    fails("forward", p, needles=[f"{p}:2", 'layer "c" (Convolution)'])
+
+
+def test_axis_out_of_range(tmp_path):
+    p = write(tmp_path, INPUT + 'layer { name: "s" type: "Softmax" bottom: "x" top: "y" '
+                                'softmax_param { axis: 5 } }\n')
+    fails("forward", p, needles=[f"{p}:2", 'layer "s" (Softmax)', "axis 5"])
+
+
+def test_set_path_names_no_layer(tmp_path):
+    fails("forward", MODELS / "relu_demo.prototxt", "--set", "nolayer.relu_param.negative_slope=1",
+          needles=["--set", "nolayer"])
+
+
+def test_set_enum_value_unknown(tmp_path):
+    p = write(tmp_path, 'layer { name: "data" type: "Input" top: "data" '
+                        'input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }\n'
+                        'layer { name: "p" type: "Pooling" bottom: "data" top: "y" '
+                        'pooling_param { kernel_size: 2 } }\n')
+    fails("forward", p, "--set", "p.pooling_param.pool=MEDIAN", needles=["--set", "MEDIAN"])
+
+
+def test_weights_blob_with_too_few_values(tmp_path):
+    """Right shape, wrong number of values: the layer, the blob index and both counts."""
+    from netrun import Net
+    from netrun.io.caffemodel import net_to_proto
+    param = net_to_proto(Net(str(_ip_net(tmp_path))))
+    del param.layer[1].blobs[0].data[5:]
+    w = tmp_path / "w.caffemodel"
+    w.write_bytes(param.SerializeToString())
+    fails("forward", _ip_net(tmp_path), "--weights", w,
+          needles=["w.caffemodel", 'layer "ip"', "blob 0", "holds 5 values", "(4, 3)", "12"])
+
+
+# -- regressions: crashes the fuzzer found (tests/test_fuzz.py) --------------------------------
+CONV_INPUT = ('layer { name: "x" type: "Input" top: "x" '
+              'input_param { shape { dim: 2 dim: 3 dim: 6 dim: 5 } } }\n')
+
+
+@pytest.mark.parametrize("edit, needles", [
+    ("c.convolution_param.num_output=99999999999", ["out of range", "num_output"]),
+    ("c.convolution_param.num_output=-1", ["out of range", "num_output"]),
+    ("c.convolution_param.kernel_size=1,-3", ["out of range", "kernel_size"]),
+    ("net.layer[100000000].name=x", ["index 100000000", "past the end of layer"]),
+])
+def test_set_value_out_of_range(tmp_path, edit, needles):
+    """Used to raise ValueError from protobuf, or to loop adding 10^8 layers."""
+    p = write(tmp_path, CONV_INPUT + 'layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
+                                     'convolution_param { num_output: 2 kernel_size: 3 } }\n')
+    fails("forward", p, "--set", edit, needles=["--set"] + needles)
+
+
+@pytest.mark.parametrize("layer", [
+    'layer { name: "L" type: "Pooling" bottom: "x" top: "x" pooling_param { kernel_size: 2 } }',
+    'layer { name: "L" type: "Convolution" bottom: "x" top: "x" '
+    'convolution_param { num_output: 3 kernel_size: 1 } }',
+    'layer { name: "L" type: "InnerProduct" bottom: "x" top: "x" inner_product_param { num_output: 3 } }',
+    'layer { name: "L" type: "EuclideanLoss" bottom: "x" bottom: "x2" top: "x" }',
+])
+def test_in_place_refused_where_it_cannot_work(tmp_path, layer):
+    """In place, these layers changed the shape of their own input (ValueError in forward)."""
+    p = write(tmp_path, CONV_INPUT.replace('"x"', '"x2"') + CONV_INPUT + layer + "\n")
+    fails("forward", p, needles=[f"{p}:3", 'layer "L"', "cannot run in place"])
+
+
+@pytest.mark.parametrize("filler", [
+    'type: "uniform" min: 1 max: 0',
+    'type: "uniform" min: -inf max: 1',
+    'type: "gaussian" std: -1',
+    'type: "nonsense"',
+])
+def test_bad_filler(tmp_path, filler):
+    """Used to raise ValueError/OverflowError from numpy's random generator."""
+    p = write(tmp_path, CONV_INPUT + 'layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
+                                     f'convolution_param {{ num_output: 2 kernel_size: 3 '
+                                     f'weight_filler {{ {filler} }} }} }}\n')
+    fails("forward", p, needles=[f"{p}:2", 'layer "c"', "filler"])
+
+
+def test_scalar_parameter_with_fan_filler(tmp_path):
+    """A 0-axis parameter (shared PReLU slope) with xavier/positive_unitball: IndexError before."""
+    p = write(tmp_path, CONV_INPUT + 'layer { name: "p" type: "PReLU" bottom: "x" top: "y" '
+                                     'prelu_param { channel_shared: true filler { type: "xavier" } } }\n'
+                                     'layer { name: "q" type: "PReLU" bottom: "y" top: "z" '
+                                     'prelu_param { channel_shared: true '
+                                     'filler { type: "positive_unitball" } } }\n')
+    res = CliRunner().invoke(main, ["forward", str(p), "-q"])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("layer", [
+    # a 300x300 kernel padded by 299 on a 6x5 input: 93 GiB of im2col columns
+    'layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
+    'convolution_param { num_output: 2 kernel_size: 300 pad: 299 } }',
+    # depthwise (one channel per group): a padded copy of the whole batch
+    'layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
+    'convolution_param { num_output: 3 group: 3 kernel_size: 3 pad: 100000 stride: 1000 } }',
+    # pad 65536: a 131078 x 131077 padded input
+    'layer { name: "c" type: "Im2col" bottom: "x" top: "y" '
+    'convolution_param { kernel_size: 2 stride: 1000 pad: 65536 } }',
+    'layer { name: "c" type: "Pooling" bottom: "x" top: "y" '
+    'pooling_param { pool: MAX kernel_size: 100000 pad: 99999 stride: 99999 } }',
+])
+def test_scratch_memory_is_budgeted(tmp_path, layer):
+    """Temporary buffers (padded copies, im2col columns) used to raise MemoryError."""
+    p = write(tmp_path, CONV_INPUT + layer + "\n")
+    fails("forward", p, "--max-memory", "64M", needles=[f"{p}:2", 'layer "c"', "scratch memory",
+                                                        "GiB", "--max-memory"])
+
+
+def test_absurd_input_behind_a_split_is_charged(tmp_path):
+    """A Split (or a loss weight) used to allocate an input before the budget saw it."""
+    import time
+    p = write(tmp_path, 'layer { name: "x" type: "Input" top: "x" loss_weight: 1 '
+                        'input_param { shape { dim: 2147483647 } } }\n'
+                        'layer { name: "a" type: "ReLU" bottom: "x" top: "a" }\n'
+                        'layer { name: "b" type: "ReLU" bottom: "x" top: "b" }\n')
+    t0 = time.time()
+    fails("forward", p, "--max-memory", "64M", needles=['blob "x"', "GiB"])
+    assert time.time() - t0 < 2.0
+
+
+def test_huge_pooling_stride_runs(tmp_path):
+    """Stride 2^31-1 on a 6x5 input: valid in Caffe (the second window lies outside);
+    used to allocate a padded buffer as long as the stride (ValueError / MemoryError)."""
+    p = write(tmp_path, CONV_INPUT + 'layer { name: "p" type: "Pooling" bottom: "x" top: "y" '
+                                     'pooling_param { pool: AVE kernel_size: 3 stride: 2147483647 } }\n'
+                                     'layer { name: "q" type: "Pooling" bottom: "x" top: "z" '
+                                     'pooling_param { pool: AVE kernel_size: 3 stride: 7 } }\n')
+    from netrun import Net
+    net = Net(str(p), max_memory=64 << 20)
+    net.blobs["x"].data[...] = np.arange(180).reshape(2, 3, 6, 5)
+    out = net.forward()
+    assert out["y"].shape == (2, 3, 2, 2)
+    np.testing.assert_array_equal(out["y"], out["z"])     # both: second window outside
+
+
+def test_huge_lrn_window_runs(tmp_path):
+    """local_size 2^31-1 used to pad the channel axis to 2^31 (MemoryError)."""
+    p = write(tmp_path, CONV_INPUT + 'layer { name: "n" type: "LRN" bottom: "x" top: "y" '
+                                     'lrn_param { local_size: 2147483647 alpha: 1 beta: 0.75 } }\n'
+                                     'layer { name: "m" type: "LRN" bottom: "x" top: "z" '
+                                     'lrn_param { local_size: 7 alpha: 1 beta: 0.75 } }\n')
+    from netrun import Net
+    net = Net(str(p), max_memory=64 << 20)
+    net.blobs["x"].data[...] = np.linspace(-1, 1, 180).reshape(2, 3, 6, 5)
+    out = net.forward()
+    x = net.blobs["x"].data.astype(np.float64)
+    for name, n in (("y", 2147483647), ("z", 7)):      # both windows cover all 3 channels
+        s = 1 + (1.0 / n) * (x * x).sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(out[name], x * s ** -0.75, rtol=1e-5)
+
+
+def test_nan_index_in_batch_reindex(tmp_path):
+    p = write(tmp_path, CONV_INPUT + 'layer { name: "i" type: "Input" top: "i" '
+                                     'input_param { shape { dim: 2 } } }\n'
+                                     'layer { name: "r" type: "BatchReindex" bottom: "x" bottom: "i" '
+                                     'top: "y" }\n')
+    np.save(tmp_path / "i.npy", np.array([0, np.nan], np.float32))
+    fails("forward", p, "--input", f"i={tmp_path / 'i.npy'}", needles=['layer "r"', "index nan"])
+
+
+def test_safety_net_names_the_layer_and_chains(tmp_path, monkeypatch):
+    """A non-NetrunError from setup/reshape (a check netrun lacks) becomes a user error
+    naming the layer; --debug still shows the original exception."""
+    from netrun.layers.neuron import ReLU
+
+    def broken(self, bottom, top):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(ReLU, "reshape", broken)
+    p = write(tmp_path, INPUT + 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }\n')
+    fails("forward", p, needles=[f"{p}:2", 'layer "r" (ReLU)', "invalid parameters",
+                                 "ZeroDivisionError"])
+    res = CliRunner().invoke(main, ["--debug", "forward", str(p)])
+    assert res.exit_code != 0
+    assert isinstance(res.exc_info[1].__cause__, ZeroDivisionError)
+
+
+def test_safety_net_is_not_for_forward(tmp_path, monkeypatch):
+    """A bug in forward stays a bug: not dressed up as a user error."""
+    from netrun.layers.neuron import ReLU
+
+    def broken(self, bottom, top):
+        raise ValueError("bug")
+
+    monkeypatch.setattr(ReLU, "forward", broken)
+    p = write(tmp_path, INPUT + 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }\n')
+    res = CliRunner().invoke(main, ["forward", str(p)])
+    assert res.exit_code != 2 and isinstance(res.exc_info[1], ValueError)

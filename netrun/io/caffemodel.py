@@ -44,7 +44,11 @@ def copy_weights(net, weights):
             if not shapes_match(blob.shape, bp):
                 raise NetrunError(f"{label}: blob {k} has shape {blob_shape(bp)} in the weights, "
                                   f"the net expects {blob.shape}", where)
-            blob.data[...] = blob_array(bp, blob.dtype, blob.shape)
+            try:
+                values = blob_array(bp, blob.dtype, blob.shape)
+            except NetrunError as e:
+                raise NetrunError(f"{label}: blob {k}: {e.message}", where) from None
+            blob.data[...] = values
             written.add(id(blob))
     return written
 

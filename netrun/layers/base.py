@@ -111,11 +111,26 @@ class Layer:
         if self.ctx.budget is not None:
             self.ctx.budget.charge(blob.nbytes, f'layer "{self.name}" parameter {blob.shape}')
         if filler is not None:
+            from ..fillers import check_filler
+            check_filler(filler, blob.shape)
             if self.ctx.pending_fills is not None:
                 self.ctx.pending_fills.append((blob, filler))
             else:
                 blob.data[...] = fill(filler, blob.shape, self.ctx.rng)
         return blob
+
+    def check_scratch(self, nbytes, what):
+        """Refuse a temporary buffer (im2col columns, a padded copy...) that cannot fit
+        in the memory budget next to the net's blobs (checked in reshape, from shapes)."""
+        budget = self.ctx.budget
+        if budget is None or budget.limit is None or nbytes < (1 << 20):
+            return
+        total = budget.total
+        if total + nbytes > budget.limit:
+            from ..memory import human
+            raise LayerError(f"{what} needs {human(nbytes)} of scratch memory; with the "
+                             f"net's {human(total)} that is more than the limit of "
+                             f"{human(budget.limit)} (--max-memory)")
 
     def check_blob_counts(self, bottom, top):
         def one(kind, n, exact, lo, hi):
@@ -127,6 +142,11 @@ class Layer:
                 raise LayerError(f"{self.type} takes at most {hi} {kind} blob(s), got {n}")
         one("bottom", len(bottom), self.exact_bottoms, self.min_bottoms, self.max_bottoms)
         one("top", len(top), self.exact_tops, self.min_tops, self.max_tops)
+        if not self.in_place_ok:
+            for j, t in enumerate(top):
+                if any(t is b for b in bottom):
+                    raise LayerError(f"{self.type} cannot run in place (top {j} is also a "
+                                     "bottom): give the top its own name")
 
     def __repr__(self):
         return f"<{self.type} layer {self.name!r}>"

@@ -1,7 +1,10 @@
 """Layers that move, combine or project whole blobs."""
+import math
+
 import numpy as np
 
 from ..errors import LayerError, check
+from ._tiles import run_tiles
 from .base import Layer, canonical_axis, register
 
 ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX = 0, 1, 2
@@ -88,7 +91,12 @@ class Eltwise(Layer):
     def forward(self, bottom, top):
         xs = [b.data for b in bottom]
         out = top[0].data
-        if self.op == ELTWISE_SUM:
+        if (self.op == ELTWISE_SUM and all(c == 1 for c in self.coeff)
+                and not any(np.shares_memory(out, x) for x in xs[1:])):
+            np.add(xs[0], xs[1], out=out)            # x0 + x1 + ..., in Caffe's order
+            for x in xs[2:]:
+                out += x
+        elif self.op == ELTWISE_SUM:
             acc = xs[0] * self.dtype.type(self.coeff[0]) if self.coeff[0] != 1 else xs[0].copy()
             for c, x in zip(self.coeff[1:], xs[1:]):
                 acc += x * self.dtype.type(c) if c != 1 else x
@@ -138,6 +146,7 @@ class InnerProduct(Layer):
 
     y = x W^T + b;   dE/dW += dE/dy^T x;   dE/db += sum_m dE/dy;   dE/dx = dE/dy W
     """
+    in_place_ok = False
     exact_bottoms = 1
     exact_tops = 1
 
@@ -156,11 +165,11 @@ class InnerProduct(Layer):
 
     def reshape(self, bottom, top):
         axis = canonical_axis(self.param.inner_product_param.axis, bottom[0].num_axes)
-        k = int(np.prod(bottom[0].shape[axis:], dtype=np.int64))
+        k = math.prod(bottom[0].shape[axis:])
         if k != self.K:
             raise LayerError(f"input size {k} (shape {bottom[0].shape} from axis {axis}) does not "
                              f"match the weights' {self.K}")
-        self.M = int(np.prod(bottom[0].shape[:axis], dtype=np.int64))
+        self.M = math.prod(bottom[0].shape[:axis])
         top[0].reshape(bottom[0].shape[:axis] + (self.N,))
 
     def _w(self):
@@ -180,13 +189,40 @@ class InnerProduct(Layer):
         if self.param_propagate_down[0]:
             wd = self.blobs[0].diff
             if self.transpose:
-                wd += x.T @ dy
+                accumulate_outer(wd, x, dy)
             else:
-                wd += dy.T @ x
+                accumulate_outer(wd, dy, x)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
             np.matmul(dy, self._w(), out=bottom[0].diff.reshape(self.M, self.K))
+
+
+# rows of a weight gradient computed at once: a block that stays in cache
+_OUTER_BLOCK_BYTES = 1 << 20
+
+
+def accumulate_outer(out, a, b):
+    """out (P, Q) += a^T b for a (M, P), b (M, Q), Caffe's GEMM with beta = 1.
+
+    Done in blocks of rows of ``out`` through a cache-sized buffer: no temporary as
+    large as the weights, one read and one write of them (for M = 1 the block is a
+    broadcast outer product; numpy's matmul has no BLAS path for an inner size 1)."""
+    M, P = a.shape
+    Q = b.shape[1]
+    if M >= 64:                 # compute-bound: one large GEMM is faster
+        out += a.T @ b
+        return
+    rows = max(1, min(P, _OUTER_BLOCK_BYTES // max(1, Q * out.itemsize)))
+
+    def block(r0, r1):
+        blk = np.empty((r1 - r0, Q), out.dtype)
+        if M == 1:
+            np.multiply(a[0, r0:r1, None], b[0], out=blk)
+        else:
+            np.matmul(a[:, r0:r1].T, b, out=blk)
+        out[r0:r1] += blk
+    run_tiles(block, [(r0, min(P, r0 + rows)) for r0 in range(0, P, rows)])
 
 
 @register("Softmax")
@@ -828,7 +864,7 @@ class BatchReindex(Layer):
     def _indices(self, bottom):
         r = bottom[1].data
         n = bottom[0].shape[0]
-        bad = (r < 0) | (r >= n)
+        bad = ~((r >= 0) & (r < n))                   # NaN is out of range too
         if bad.any():
             raise LayerError(f"BatchReindex index {float(r[bad][0]):g} out of range for a batch "
                              f"of {n}")

@@ -33,7 +33,7 @@ import sys
 import numpy as np
 
 from ..errors import LayerError, NetrunError, check
-from ..fillers import fill
+from ..fillers import check_filler, fill
 from .base import Layer, register
 
 
@@ -101,9 +101,14 @@ class DummyData(Layer):
         else:
             fillers = list(p.data_filler)
         self.fillers = fillers
-        for t, s, f in zip(top, shapes, fillers):
+        for i, (t, s, f) in enumerate(zip(top, shapes, fillers)):
             t.reshape(s)
+            check_filler(f, t.shape)
             if (f.type or "constant") == "constant":
+                # filled now, so charged now (the net charges only blobs without data)
+                if self.ctx.budget is not None:
+                    name = self.param.top[i] if i < len(self.param.top) else f"top {i}"
+                    self.ctx.budget.charge(2 * t.nbytes, f'blob "{name}" {t.shape}')
                 t.data[...] = fill(f, t.shape, self.ctx.rng)
 
     def reshape(self, bottom, top):

@@ -14,6 +14,7 @@ FULL, VALID, BATCH_SIZE, NONE = 0, 1, 2, 3
 
 class LossLayer(Layer):
     """Base: two bottoms (prediction, target), a scalar loss top."""
+    in_place_ok = False
     exact_bottoms = 2
     exact_tops = 1
     is_loss = True

@@ -61,9 +61,9 @@ class ReLU(NeuronLayer):
         if self._mask is not None and self.in_place(bottom, top):
             pos = self._mask
         else:
-            pos = bottom[0].data > 0
-        if self.slope == 0:
-            bottom[0].diff[...] = np.where(pos, dy, 0)
+            pos = np.greater(bottom[0].data, 0)
+        if self.slope == 0:             # Caffe's dy * (x > 0), in place when it can be
+            np.multiply(dy, pos, out=bottom[0].diff)
         else:
             bottom[0].diff[...] = dy * np.where(pos, 1, self.dtype.type(self.slope))
 

@@ -3,9 +3,12 @@
 Statistics (means, variances, window sums) are accumulated in float64 and cast
 back to the net's dtype; the element-wise arithmetic runs in the net's dtype.
 """
+import math
+
 import numpy as np
 
 from ..errors import LayerError, check
+from ._tiles import run_tiles
 from .base import Layer, canonical_axis, register
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
@@ -20,6 +23,16 @@ def _window_sum(a, axis, size, before):
     the operation is its own adjoint (used by the backward passes).
     """
     n = a.shape[axis]
+    if size > n + 1:
+        # a window longer than the axis: clamp the window ends instead of padding
+        # with zeros (the same sums, without a buffer as long as the window)
+        shape = list(a.shape)
+        shape[axis] = 1
+        cs = np.cumsum(np.concatenate([np.zeros(shape, F64), np.asarray(a, F64)], axis=axis),
+                       axis=axis)
+        c = np.arange(n)
+        return (np.take(cs, np.clip(c - before + size, 0, n), axis=axis)
+                - np.take(cs, np.clip(c - before, 0, n), axis=axis))
     pad = [(0, 0)] * a.ndim
     pad[axis] = (before + 1, size - 1 - before)     # the extra leading 0 starts the cumsum
     cs = np.cumsum(np.pad(np.asarray(a, F64), pad), axis=axis)
@@ -28,6 +41,68 @@ def _window_sum(a, axis, size, before):
     hi[axis] = slice(size, size + n)
     lo[axis] = slice(0, n)
     return cs[tuple(hi)] - cs[tuple(lo)]
+
+
+def _channel_window_sum(a, size, before, out=None, dtype=None):
+    """out[:, c] = sum_{j = c - before}^{c - before + size - 1} a[:, j] (zeros outside),
+    in ``dtype`` (default a's): the window sum over channels as ``size`` shifted
+    slice additions (no padded copy); long windows use the float64 cumulative sum."""
+    dtype = np.dtype(dtype or a.dtype)
+    if size > 9:
+        r = _window_sum(a, 1, size, before)
+        if out is None:
+            return r.astype(dtype)
+        np.copyto(out, r)
+        return out
+    if out is None:
+        out = np.empty(a.shape, dtype)
+    np.copyto(out, a)
+    C = a.shape[1]
+    for d in range(1, min(before, C - 1) + 1):             # channels c - d
+        out[:, d:] += a[:, :C - d]
+    for d in range(1, min(size - 1 - before, C - 1) + 1):  # channels c + d
+        out[:, :C - d] += a[:, d:]
+    return out
+
+
+# LRN runs over tiles of spatial positions (all images and channels) this large:
+# its dozen passes then stay in the caches
+LRN_TILE_BYTES = 1 << 20
+
+
+def _spatial_tiles(shape, item_bytes):
+    N, C, S = shape
+    step = max(1, LRN_TILE_BYTES // max(1, N * C * item_bytes))
+    return [(a, min(S, a + step)) for a in range(0, S, step)]
+
+
+def _kept_input(layer, bottom, top):
+    """In place, a copy of x for the backward pass (None otherwise, and when the net
+    runs this layer forward only)."""
+    if top[0] is not bottom[0]:
+        return None
+    if not getattr(layer, "need_backward", True):
+        layer._x_skipped = True
+        return None
+    layer._x_skipped = False
+    x = bottom[0].data
+    kept = getattr(layer, "_x", None)          # reuse last forward's buffer
+    if kept is None or kept.shape != x.shape or kept.dtype != x.dtype:
+        kept = np.empty_like(x)
+    np.copyto(kept, x)
+    return kept
+
+
+def _input_of(layer, bottom, top):
+    """x as forward saw it (the kept copy when in place)."""
+    if top[0] is bottom[0]:
+        if getattr(layer, "_x_skipped", False):
+            raise LayerError("in place, this layer keeps its input for backward only when "
+                             "the net needs backward at forward time: run forward again "
+                             "after enabling backward (force_backward)")
+        if layer._x is not None:
+            return layer._x
+    return bottom[0].data
 
 
 def _legacy_shape(blob):
@@ -47,7 +122,9 @@ class LRN(Layer):
         y_c = x_c * s_c^-beta
         dE/dx_c = dE/dy_c * s_c^-beta
                   - (2 alpha beta / n) * x_c * sum_{c' in window(c)} dE/dy_c' * y_c' / s_c'
-      Both window sums run as one cumulative sum over the channel axis.
+      Both window sums run over the channel axis as `size` shifted-slice additions
+      (forward: in float64, from the float32 squares, rounded once; a cumulative sum
+      for windows longer than 9), over tiles of spatial positions of ~1 MB.
 
     WITHIN_CHANNEL: Caffe chains Split, Power(power 2), Pooling(AVE, kernel n,
     pad (n-1)/2, stride 1), Power(power -beta, scale alpha, shift 1) and
@@ -86,16 +163,32 @@ class LRN(Layer):
         x = bottom[0].data
         dt = self.dtype.type
         # in place the input is gone after forward: keep it for backward
-        self._x = x.copy() if top[0] is bottom[0] else None
-        sq = np.square(x)
+        self._x = _kept_input(self, bottom, top)
         if self.region == ACROSS_CHANNELS:
-            win = _window_sum(sq, 1, self.size, self.pre_pad)
-            scale = (self.k + (self.alpha / self.size) * win).astype(self.dtype)
-        else:
-            win = _window_sum(_window_sum(sq, 2, self.size, self.pre_pad),
-                              3, self.size, self.pre_pad)
-            pooled = (win / (self.size * self.size)).astype(self.dtype)
-            scale = pooled * dt(self.alpha) + dt(1)      # Power: shift + scale * x
+            scale, powed = self._scale, self._pow       # reused between forwards
+            if scale is None or scale.shape != x.shape or scale.dtype != x.dtype:
+                scale, powed = np.empty_like(x), np.empty_like(x)
+            y = top[0].data
+            x3, s3, p3, y3 = (a.reshape(a.shape[0], a.shape[1], -1) for a in (x, scale, powed, y))
+
+            def tile(a, b):
+                xt, st, pt = x3[:, :, a:b], s3[:, :, a:b], p3[:, :, a:b]
+                # the window sum in float64 (exact squares, then one rounding): the
+                # forward values decide near-ties in the max-pools and ReLUs after it
+                win = _channel_window_sum(np.square(xt), self.size, self.pre_pad, dtype=F64)
+                win *= self.alpha / self.size
+                win += self.k
+                np.copyto(st, win)
+                np.power(st, dt(-self.beta), out=pt)
+                np.multiply(xt, pt, out=y3[:, :, a:b])
+            run_tiles(tile, _spatial_tiles(x3.shape, 8))
+            self._scale, self._pow = scale, powed
+            return
+        sq = np.square(x)
+        win = _window_sum(_window_sum(sq, 2, self.size, self.pre_pad),
+                          3, self.size, self.pre_pad)
+        pooled = (win / (self.size * self.size)).astype(self.dtype)
+        scale = pooled * dt(self.alpha) + dt(1)          # Power: shift + scale * x
         powed = np.power(scale, dt(-self.beta))
         self._scale, self._pow = scale, powed
         top[0].data[...] = x * powed
@@ -103,15 +196,27 @@ class LRN(Layer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        x = self._x if self._x is not None else bottom[0].data
+        x = _input_of(self, bottom, top)
         dy = top[0].diff
         scale, powed = self._scale, self._pow
         dt = self.dtype.type
         if self.region == ACROSS_CHANNELS:
-            ratio = dy * (x * powed) / scale               # dE/dy * y / s
-            acc = _window_sum(ratio, 1, self.size, self.pre_pad).astype(self.dtype)
             coef = dt(2.0 * self.alpha * self.beta / self.size)
-            bottom[0].diff[...] = dy * powed - coef * x * acc
+            x3, dy3, s3, p3, dx3 = (a.reshape(a.shape[0], a.shape[1], -1)
+                                    for a in (x, dy, scale, powed, bottom[0].diff))
+
+            def tile(a, b):
+                xt, dyt, pt = x3[:, :, a:b], dy3[:, :, a:b], p3[:, :, a:b]
+                ratio = np.multiply(xt, pt)                 # y
+                ratio *= dyt
+                ratio /= s3[:, :, a:b]                      # dE/dy * y / s
+                acc = _channel_window_sum(ratio, self.size, self.pre_pad)
+                acc *= xt
+                acc *= coef
+                dxt = dx3[:, :, a:b]
+                np.multiply(dyt, pt, out=dxt)               # in place: dy is dx
+                dxt -= acc
+            run_tiles(tile, _spatial_tiles(x3.shape, 4))
         else:
             dpool = (dy * x) * (powed / scale) * dt(-self.beta * self.alpha)
             acc = _window_sum(_window_sum(dpool, 2, self.size, self.pre_pad),
@@ -186,7 +291,13 @@ class BatchNorm(Layer):
             f = dt(0) if s == 0 else dt(1) / s
             mean = self.blobs[0].data * f
             var = self.blobs[1].data * f
-            xc = x - mean[None, :, None]
+            std = np.sqrt(var + dt(self.eps))
+            self._std, self._xnorm = std, None
+            # y = (x - mean) / std in place in the top (in place on x when it is x)
+            out = self._view(top[0].data)
+            np.subtract(x, mean[None, :, None], out=out)
+            np.divide(out, std[None, :, None], out=out)
+            return
         else:
             mean = x.mean(axis=(0, 2), dtype=F64).astype(self.dtype)
             xc = x - mean[None, :, None]
@@ -217,7 +328,7 @@ class BatchNorm(Layer):
         std = self._std[None, :, None]
         out = self._view(bottom[0].diff)
         if self.use_global:
-            out[...] = dy / std
+            np.divide(dy, std, out=out)
             return
         y = self._xnorm
         m_dy = dy.mean(axis=(0, 2), dtype=F64).astype(self.dtype)[None, :, None]
@@ -247,9 +358,15 @@ def _broadcast_dims(x, operand, axis_param, kind):
     if x.shape[axis:axis + operand.num_axes] != operand.shape:
         raise LayerError(f"dimension mismatch between bottom[0] shape {x.shape} (from axis "
                          f"{axis}) and {kind} shape {operand.shape}")
-    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(x.shape[axis + operand.num_axes:], dtype=np.int64))
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis + operand.num_axes:])
     return outer, operand.count, inner
+
+
+def _channel_sums(a):
+    """sum over axes 0 and 2 of a (outer, dim, inner) array: numpy's pairwise float32
+    sum along the contiguous inner axis, then float64 over the outer one."""
+    return a.sum(axis=2).sum(axis=0, dtype=F64).astype(a.dtype)
 
 
 @register("Scale")
@@ -308,7 +425,7 @@ class Scale(Layer):
     def forward(self, bottom, top):
         outer, dim, inner = self.dims
         x = bottom[0].data
-        self._x = x.copy() if top[0] is bottom[0] else None
+        self._x = _kept_input(self, bottom, top)
         s = self._scale_blob(bottom).data.reshape(1, dim, 1)
         y = top[0].data.reshape(outer, dim, inner)
         np.multiply(x.reshape(outer, dim, inner), s, out=y)
@@ -320,12 +437,12 @@ class Scale(Layer):
         dy = top[0].diff.reshape(outer, dim, inner)
         if self.bias_term and self.param_propagate_down[-1]:
             b = self.blobs[-1].diff.reshape(dim)
-            b += dy.sum(axis=(0, 2), dtype=F64).astype(self.dtype)
+            b += _channel_sums(dy)
         two = len(bottom) > 1
         sblob = self._scale_blob(bottom)
         if (two and propagate_down[1]) or (not two and self.param_propagate_down[0]):
-            x = (self._x if self._x is not None else bottom[0].data).reshape(outer, dim, inner)
-            ds = (dy * x).sum(axis=(0, 2), dtype=F64).astype(self.dtype)
+            x = _input_of(self, bottom, top).reshape(outer, dim, inner)
+            ds = np.einsum("ijk,ijk->j", dy, x)          # one pass, no temporary
             if two:
                 sblob.diff[...] = ds.reshape(sblob.shape)
             else:
@@ -455,6 +572,7 @@ class Crop(Layer):
         y = x[..., o_a : o_a + S1_a, ...]
         dE/dx = 0 outside the window, dE/dy inside; bottom[1] gets no gradient.
     """
+    in_place_ok = False
     exact_bottoms = 2
     exact_tops = 1
 

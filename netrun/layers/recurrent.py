@@ -90,6 +90,7 @@ class LSTMUnit(Layer):
     dE/dx_i = dc_term g i(1-i);  dE/dx_f = dc_term c_prev f(1-f);
     dE/dx_o = dE/dh tanh(c) o(1-o);  dE/dx_g = dc_term i (1-g^2).  No gradient to cont.
     """
+    in_place_ok = False
     exact_bottoms = 3
     exact_tops = 2
 
@@ -133,6 +134,7 @@ class LSTMUnit(Layer):
 
 class _Recurrent(Layer):
     """Shared plumbing of RNN and LSTM (Caffe's RecurrentLayer)."""
+    in_place_ok = False
     n_state = 1        # recurrent blobs: h (RNN) or h, c (LSTM)
     gate_mult = 1      # rows of the input weights per hidden unit
 

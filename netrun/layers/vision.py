@@ -27,10 +27,15 @@ With W_g the (conv_out/g, conv_in/g * K) rows of group g and col_g its rows:
                             dx_g = W_g col_g(dy)               (= conv forward)
 
 The whole batch is one im2col and one (batched over groups) GEMM; the column buffer is
-only split into chunks of images when it would exceed ``COL_BUFFER_BYTES``.  A 1x1
-kernel with stride 1 and no padding needs no im2col (plain matmul).  Depthwise
-convolution (one input channel per group) runs as a loop over the kernel offsets of
-strided multiply-adds.
+only split into chunks of images when it would exceed ``COL_BUFFER_BYTES``.  The
+column buffer is built in Caffe's channel-major layout (G, Cg*K, num*P) by one strided
+copy and given to BLAS transposed (the same GEMM, so the same float32 sums); the GEMM
+result (positions x channels) is stored channel-major with the bias added.  A 1x1
+kernel with stride 1 and no padding needs no im2col (x itself, seen transposed).  In
+backward, batches of large planes (>= PER_IMAGE_MIN_PLANE positions) run one GEMM per
+image instead of copying dy (and x) into group-major order.  Depthwise convolution
+(one input channel per group) runs as a loop over the kernel offsets of strided
+multiply-adds.  Temporaries (columns, GEMM outputs) live in reused scratch buffers.
 
 Pooling (2-D, Caffe's PoolingLayer)
 -----------------------------------
@@ -52,6 +57,13 @@ STOCHASTIC (Caffe has it on the GPU only; no padding):
              dx[that element] += dy.
       TEST:  y = sum(x^2) / (FLT_MIN + sum(x))  (value-weighted average).
 global_pooling: kernel = the whole plane (pad 0, stride 1).
+MAX and AVE run as K passes over strided views, one per window offset, of the
+unpadded input (or, for small planes with equal strides, of a padded plane seen flat:
+one long loop per offset), over tiles of whole planes that fit in the caches.  MAX
+keeps y = fmax(y, v) and the first maximum's offset (1 + k, uint8) as
+sel = max(sel, (v > y) * (k + 1)); backward adds dy * (sel == k + 1) offset by offset,
+last offset first (for each input, the windows that chose it in raster order: Caffe's
+order of additions).  With no backward planned the argmax is skipped.
 
 SPP (spatial pyramid pooling)
 -----------------------------
@@ -62,12 +74,14 @@ pyramid_height 1 the single level's (N, C, oh, ow) pooling is the top.  dx is th
 of the levels' pooling gradients.
 """
 import math
+import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import LayerError, check
 from ..proto import caffe_pb2
+from ._tiles import run_tiles
 from .base import Layer, canonical_axis, register
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -94,6 +108,29 @@ def _prod(xs):
     for x in xs:
         out *= int(x)
     return out
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(name, shape, dtype):
+    """A reusable per-thread buffer for a temporary (column buffers, GEMM outputs):
+    allocating hundreds of MB afresh in every call costs page faults.  Contents are
+    undefined; the array is valid until the next request of the same name."""
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    dt = np.dtype(dtype)
+    n = _prod(shape)
+    b = bufs.get((name, dt))
+    if b is None or b.size < n:
+        b = bufs[(name, dt)] = np.empty(max(n, 1), dt)
+    return b[:n].reshape(shape)
+
+
+def release_scratch():
+    """Free this thread's scratch buffers."""
+    _SCRATCH.bufs = {}
 
 
 def _cdiv(a, b):
@@ -157,33 +194,62 @@ class ConvGeometry:
         return tuple(slice(k * d, k * d + s * (o - 1) + 1, s)
                      for k, d, s, o in zip(kidx, self.dilation, self.stride, out_sp))
 
+    def padded_scratch(self, x, out_sp, name="pad"):
+        """padded(x) in a scratch buffer (only the border is zeroed)."""
+        pads = self._pads(x.shape[2:], out_sp)
+        if not any(lo or hi for lo, hi in pads):
+            return x
+        xp = scratch(name, x.shape[:2] + tuple(n + lo + hi for n, (lo, hi) in
+                                               zip(x.shape[2:], pads)), x.dtype)
+        for ax, (n, (lo, hi)) in enumerate(zip(x.shape[2:], pads)):
+            pre = (_ALL,) * (2 + ax)
+            if lo:
+                xp[pre + (slice(0, lo),)] = 0
+            if hi:
+                xp[pre + (slice(lo + n, None),)] = 0
+        xp[(_ALL, _ALL) + tuple(slice(lo, lo + n) for n, (lo, _) in
+                                zip(x.shape[2:], pads))] = x
+        return xp
+
     def im2col(self, x, out_sp, group=1):
         """Transposed column buffer (G, num*P, Cg*K): one row per output position
         (n, *out), one column per (c, *k) of the group, channel-major as Caffe's
-        im2col.  Multiplying it by W_g^T reproduces Caffe's GEMM summation order."""
+        im2col.  Multiplying it by W_g^T reproduces Caffe's GEMM summation order.
+
+        Built as Caffe's buffer (G, Cg*K, num*P) -- one strided copy whose inner
+        loop runs along the output rows -- and returned as its transposed view (a
+        Fortran-ordered operand BLAS reads as is; the sums are the same)."""
         num, C = x.shape[:2]
         nsp = self.nsp
         G, Cg = group, C // group
-        v = self.windows(self.padded(x, out_sp), out_sp)       # (num, C, *out, *k)
+        P = _prod(out_sp)
+        v = self.windows(self.padded_scratch(x, out_sp), out_sp)    # (num, C, *out, *k)
         v = v.reshape((num, G, Cg) + v.shape[2:])
-        perm = ((1, 0) + tuple(range(3, 3 + nsp)) + (2,)
-                + tuple(range(3 + nsp, 3 + 2 * nsp)))
-        cols = np.empty((G, num) + tuple(out_sp) + (Cg,) + self.kernel, x.dtype)
+        perm = ((1, 2) + tuple(range(3 + nsp, 3 + 2 * nsp)) + (0,)
+                + tuple(range(3, 3 + nsp)))
+        cols = scratch("cols", (G, Cg) + self.kernel + (num,) + tuple(out_sp), x.dtype)
         np.copyto(cols, v.transpose(perm))
-        return cols.reshape(G, num * _prod(out_sp), Cg * self.K)
+        return cols.reshape(G, Cg * self.K, num * P).transpose(0, 2, 1)
 
-    def col2im(self, cols, in_sp, out_sp):
-        """Sum a column view (num, C, *kernel, *out) back into a (num, C, *in) image."""
+    def col2im(self, cols, in_sp, out_sp, out=None):
+        """Sum a column view (num, C, *kernel, *out) back into a (num, C, *in) image
+        (written into ``out`` when given).  Reads that fell in the padding are
+        dropped; each input adds its reads in kernel order, as Caffe's col2im."""
         num, C = cols.shape[:2]
-        pads = self._pads(in_sp, out_sp)
-        acc = np.zeros((num, C) + tuple(n + lo + hi for n, (lo, hi) in zip(in_sp, pads)),
-                       cols.dtype)
-        if _prod(out_sp) > 0:
-            for kidx in np.ndindex(*self.kernel):
-                acc[(_ALL, _ALL) + self.offset_slices(kidx, out_sp)] += \
-                    cols[(_ALL, _ALL) + kidx]
-        return acc[(_ALL, _ALL) + tuple(slice(lo, lo + n) for n, (lo, _) in
-                                        zip(in_sp, pads))]
+        acc = out if out is not None else np.empty((num, C) + tuple(in_sp), cols.dtype)
+        acc.fill(0)
+        if _prod(out_sp) == 0:
+            return acc
+        ranges = [[_pool_axis_range(n, o, k * d, s, p) for k in range(ks)]
+                  for n, o, ks, d, s, p in zip(in_sp, out_sp, self.kernel, self.dilation,
+                                                 self.stride, self.pad)]
+        for kidx in np.ndindex(*self.kernel):
+            r = [ranges[a][k] for a, k in enumerate(kidx)]
+            if any(x is None for x in r):
+                continue
+            acc[(_ALL, _ALL) + tuple(x[1] for x in r)] += \
+                cols[(_ALL, _ALL) + kidx + tuple(x[0] for x in r)]
+        return acc
 
     def cols_view(self, cols, C, num, out_sp):
         """The (C*K, num*P) buffer seen as (num, C, *kernel, *out) (no copy)."""
@@ -196,53 +262,94 @@ class ConvGeometry:
     # x: conv input (num, Ci, *in);  dy / y: conv output (num, Co, *out);
     # w: (Co, Ci/G, *kernel).  Deconvolution uses them with the roles swapped.
 
-    def prepare(self, x, out_sp, group):
+    def prepare(self, x, out_sp, group, backward=False):
         """What conv_forward / conv_weight_grad read from the conv input x:
-        the transposed columns (G, num*P, Cg*K), or the padded input (depthwise)."""
+        the transposed columns (G, num*P, Cg*K), or the padded input (depthwise);
+        for the weight gradient of a 1x1 convolution over large planes, x itself."""
         if x.shape[1] == group and not self.is_1x1:     # one input channel per group
             return ("dw", self.padded(x, out_sp))
         if self.is_1x1:
             num, C = x.shape[:2]
             P = _prod(x.shape[2:])
-            xt = x.reshape(num, group, C // group, P).transpose(1, 0, 3, 2)
-            return ("cols", np.ascontiguousarray(xt).reshape(group, num * P, C // group))
+            Cg = C // group
+            if num == 1:                                 # x itself, seen transposed
+                return ("cols", x.reshape(group, Cg, P).transpose(0, 2, 1))
+            if backward and per_image(num, P):
+                return ("x", x.reshape(num, group, Cg, P))
+            xt = scratch("cols", (group, Cg, num, P), x.dtype)
+            np.copyto(xt, x.reshape(num, group, Cg, P).transpose(1, 2, 0, 3))
+            return ("cols", xt.reshape(group, Cg, num * P).transpose(0, 2, 1))
         return ("cols", self.im2col(x, out_sp, group))
 
-    def conv_forward(self, prep, w, group, num, out_sp):
-        """y[n, o] = sum_{c in group(o), k} w[o, c, k] x_pad[n, c, out s + k d].
+    def conv_forward(self, prep, w, group, num, out_sp, out=None, bias=None):
+        """y[n, o] = sum_{c in group(o), k} w[o, c, k] x_pad[n, c, out s + k d] (+ bias[o]).
 
         Computed as cols (G, num*P, Cg*K) @ W_g^T: the operand order Caffe's
-        row-major GEMM hands to BLAS, so the sums come out in Caffe's order."""
+        row-major GEMM hands to BLAS, so the sums come out in Caffe's order.
+        Written into ``out`` (num, Co, *out) when given, else returned as a view
+        of a scratch buffer."""
         kind, a = prep
         Co, Cg = w.shape[:2]
         G, Og, P = group, Co // group, _prod(out_sp)
         if kind == "dw":
-            return self._dw_forward(a, w, G, num, out_sp)
-        wt = w.reshape(G, Og, -1).transpose(0, 2, 1)                  # (G, Cg*K, Og)
-        y = np.matmul(a, wt)                                           # (G, num*P, Og)
-        y = y.reshape(G, num, P, Og).transpose(1, 0, 3, 2)             # (num, G, Og, P)
-        return y.reshape((num, Co) + tuple(out_sp))
+            y = self._dw_forward(a, w, G, num, out_sp)
+        else:
+            wt = w.reshape(G, Og, -1).transpose(0, 2, 1)              # (G, Cg*K, Og)
+            r = np.matmul(a, wt, out=scratch("gemm", (G, num * P, Og), w.dtype))
+            if out is not None:
+                _store_transposed(r.reshape(G, num, P, Og),
+                                  out.reshape(num, G, Og, P), bias)
+                return out
+            y = r.reshape(G, num, P, Og).transpose(1, 0, 3, 2)         # (num, G, Og, P)
+            y = y.reshape((num, Co) + tuple(out_sp))
+        if out is None:
+            return y
+        if bias is not None:
+            np.add(y, bias.reshape((Co,) + (1,) * len(out_sp)), out=out)
+        else:
+            np.copyto(out, y)
+        return out
 
-    def conv_backward_data(self, dy, w, group, in_sp):
-        """dx = col2im(W_g^T dy_g): the transpose of conv_forward."""
+    @staticmethod
+    def group_major(dy, group):
+        """dy (num, G*Og, *sp) as (G, Og, num*P): a view for one image, else a copy
+        in a scratch buffer."""
+        num, Co = dy.shape[:2]
+        Og, P = Co // group, _prod(dy.shape[2:])
+        if num == 1:
+            return dy.reshape(group, Og, P)
+        dyg = scratch("dyg", (group, Og, num, P), dy.dtype)
+        np.copyto(dyg, dy.reshape(num, group, Og, P).transpose(1, 2, 0, 3))
+        return dyg.reshape(group, Og, num * P)
+
+    def conv_backward_data(self, dy, w, group, in_sp, out=None, dyg=None):
+        """dx = col2im(W_g^T dy_g): the transpose of conv_forward (into ``out``)."""
         num, Co = dy.shape[:2]
         out_sp = dy.shape[2:]
         Cg = w.shape[1]
         G, Og, P, K = group, Co // group, _prod(out_sp), self.K
         Ci = Cg * G
         wt = w.reshape(G, Og, Cg * K).transpose(0, 2, 1)          # (G, Cg*K, Og)
-        if self.is_1x1:
-            ys = dy.reshape(num, G, Og, P)
-            if num == 1 or P >= _BIG_PLANE:
-                return np.matmul(wt, ys).reshape((num, Ci) + tuple(in_sp))
-            dx = np.matmul(wt, _group_major(dy, G, Og, num, P))
-            return _to_batch_major(dx, Ci, num, in_sp)
+        if out is None:
+            out = np.empty((num, Ci) + tuple(in_sp), dy.dtype)
+        if self.is_1x1:                                 # one GEMM per image, no copies
+            np.matmul(wt, dy.reshape(num, G, Og, P), out=out.reshape(num, G, Cg, P))
+            return out
         if Cg == 1:
-            return self._dw_backward_data(dy, w, G, in_sp)
-        dcols = np.matmul(wt, _group_major(dy, G, Og, num, P))       # (G, Cg*K, num*P)
-        return self.col2im(self.cols_view(dcols, Ci, num, out_sp), in_sp, out_sp)
+            out[...] = self._dw_backward_data(dy, w, G, in_sp)
+            return out
+        if dyg is None and per_image(num, P):
+            # one GEMM per image, written straight into the (G, Cg*K, num, P) buffer
+            dcols = scratch("dcols", (G, Cg * K, num, P), dy.dtype)
+            np.matmul(wt, dy.reshape(num, G, Og, P), out=dcols.transpose(2, 0, 1, 3))
+            dcols = dcols.reshape(G, Cg * K, num * P)
+        else:
+            if dyg is None:
+                dyg = self.group_major(dy, G)
+            dcols = np.matmul(wt, dyg, out=scratch("dcols", (G, Cg * K, num * P), dy.dtype))
+        return self.col2im(self.cols_view(dcols, Ci, num, out_sp), in_sp, out_sp, out)
 
-    def conv_weight_grad(self, prep, dy, group):
+    def conv_weight_grad(self, prep, dy, group, dyg=None):
         """dW_g = dy_g cols_g, shape (Co, Ci/G, *kernel)."""
         kind, a = prep
         num, Co = dy.shape[:2]
@@ -250,9 +357,19 @@ class ConvGeometry:
         G, Og, P = group, Co // group, _prod(out_sp)
         if kind == "dw":
             return self._dw_weight_grad(a, dy, G)
-        dyg = _group_major(dy, G, Og, num, P)                        # (G, Og, num*P)
         kernel = (1,) * self.nsp if self.is_1x1 else self.kernel
+        if kind == "x":                      # 1x1, per image: x itself, seen transposed
+            Cg = a.shape[2]
+            dw = np.matmul(dy.reshape(num, G, Og, P), a.transpose(0, 1, 3, 2))
+            return dw.sum(axis=0).reshape((Co, Cg) + kernel)
         Cg = a.shape[2] // _prod(kernel)
+        if dyg is None and per_image(num, P):
+            # sum over images of dy_n cols_n^T (as Caffe accumulates), no copy of dy
+            cols = a.transpose(0, 2, 1).reshape(G, a.shape[2], num, P).transpose(2, 0, 3, 1)
+            dw = np.matmul(dy.reshape(num, G, Og, P), cols)
+            return dw.sum(axis=0).reshape((Co, Cg) + kernel)
+        if dyg is None:
+            dyg = self.group_major(dy, G)
         return np.matmul(dyg, a).reshape((Co, Cg) + kernel)
 
     # -- depthwise (one conv-input channel per group): loop over kernel offsets ---------
@@ -310,6 +427,39 @@ class ConvGeometry:
         return dw.reshape((Co, 1) + self.kernel)
 
 
+# In backward, batches of planes this large run one GEMM per image (no group-major
+# copies of dy and x); smaller planes are copied into one GEMM over the batch.
+PER_IMAGE_MIN_PLANE = 1024
+
+
+def per_image(num, P):
+    return num > 1 and P >= PER_IMAGE_MIN_PLANE
+
+
+def _store_transposed(r, out, bias):
+    """out[n, g, o, p] = r[g, n, p, o] (+ bias[g*Og + o]): the GEMM's (position,
+    channel) rows into the blob's channel-major layout.  numpy's element-wise
+    transposed copy is slow; moving 16-byte units (4 channels) first and then
+    splitting them is about twice as fast."""
+    G, num, P, Og = r.shape
+    if Og % 4 == 0 and r.strides[-1] == 4 == r.dtype.itemsize and r.strides[-2] % 16 == 0:
+        t = scratch("transpose", (G, num, Og // 4, P, 4), r.dtype)
+        v16 = np.dtype((np.void, 16))
+        np.copyto(t.view(v16).reshape(G, num, Og // 4, P),
+                  r.view(v16).reshape(G, num, P, Og // 4).transpose(0, 1, 3, 2))
+        src = t.transpose(1, 0, 2, 4, 3)                     # (num, G, Og/4, 4, P)
+        dst = out.reshape(num, G, Og // 4, 4, P)
+        bshape = (1, G, Og // 4, 4, 1)
+    else:
+        src = r.transpose(1, 0, 3, 2)                        # (num, G, Og, P)
+        dst = out
+        bshape = (1, G, Og, 1)
+    if bias is None:
+        np.copyto(dst, src)
+    else:
+        np.add(src, bias.reshape(bshape), out=dst)
+
+
 def _group_major(a, G, Cg, num, P):
     """(num, G*Cg, *sp) -> (G, Cg, num*P) (a copy unless num == 1)."""
     return a.reshape(num, G, Cg, P).transpose(1, 2, 0, 3).reshape(G, Cg, num * P)
@@ -362,6 +512,7 @@ class _BaseConvolution(Layer):
     Several bottoms may be given, one top each; all share the weights and must have
     the same shape.
     """
+    in_place_ok = False
     min_bottoms = 1
     min_tops = 1
     reverse = False          # Deconvolution: conv input/output roles swapped
@@ -413,6 +564,18 @@ class _BaseConvolution(Layer):
                 f"stride {self.geom.stride}, pad {self.geom.pad}, dilation "
                 f"{self.geom.dilation} gives an empty output {out_sp}")
         self.out_sp = out_sp
+        # scratch of one chunk of images: the padded conv input and its im2col columns
+        cin_sp, cout_sp = (out_sp, self.in_sp) if self.reverse else (self.in_sp, out_sp)
+        cin = self.num_output if self.reverse else self.channels
+        pads = self.geom._pads(cin_sp, cout_sp)
+        item = b0.dtype.itemsize
+        padded = (cin * _prod([n + lo + hi for n, (lo, hi) in zip(cin_sp, pads)]) * item
+                  if any(lo or hi for lo, hi in pads) else 0)
+        col = self._col_bytes(cin, cout_sp, item)
+        images = self.num if col == 0 else min(self.num, max(1, COL_BUFFER_BYTES // col))
+        self.check_scratch(images * (padded + col),
+                           f"{self.type} of input shape {b0.shape} with kernel "
+                           f"{self.geom.kernel}, pad {self.geom.pad}")
         shape = b0.shape[:self.axis] + (self.num_output,) + out_sp
         for t in top:
             t.reshape(shape)
@@ -440,8 +603,9 @@ class _BaseConvolution(Layer):
             np.copyto(out, y)
 
     def _bias_grad(self, dy):
-        self.blobs[1].diff += dy.sum(axis=(0,) + tuple(range(2, 2 + self.nsp)),
-                                     dtype=dy.dtype)
+        # numpy's pairwise sum along each contiguous plane, then over the images
+        n, c = dy.shape[:2]
+        self.blobs[1].diff += dy.reshape(n, c, -1).sum(axis=2).sum(axis=0)
 
 
 @register("Convolution")
@@ -456,9 +620,10 @@ class Convolution(_BaseConvolution):
         for b, t in zip(bottom, top):
             x = b.data.reshape((self.num, C) + self.in_sp)
             y = t.data.reshape((self.num, O) + self.out_sp)
+            bias = self.blobs[1].data if self.bias_term else None
             for a, z in self._chunks(per):
                 prep = g.prepare(x[a:z], self.out_sp, G)
-                self._write(y[a:z], g.conv_forward(prep, w, G, z - a, self.out_sp))
+                g.conv_forward(prep, w, G, z - a, self.out_sp, out=y[a:z], bias=bias)
 
     def backward(self, top, propagate_down, bottom):
         g, G = self.geom, self.group
@@ -474,12 +639,19 @@ class Convolution(_BaseConvolution):
                 continue
             x = b.data.reshape((self.num, C) + self.in_sp)
             dx = b.diff.reshape((self.num, C) + self.in_sp) if propagate_down[i] else None
+            depthwise = C == G and not g.is_1x1
+            P = _prod(self.out_sp)
             for a, z in self._chunks(per):
+                # dy in group-major layout, shared by both products (unless they run
+                # one GEMM per image, which needs no copy)
+                shared = not (depthwise or per_image(z - a, P)) and (
+                    want_w or (dx is not None and not g.is_1x1))
+                dyg = g.group_major(dy[a:z], G) if shared else None
                 if want_w:
-                    prep = g.prepare(x[a:z], self.out_sp, G)
-                    self.blobs[0].diff += g.conv_weight_grad(prep, dy[a:z], G)
+                    prep = g.prepare(x[a:z], self.out_sp, G, backward=True)
+                    self.blobs[0].diff += g.conv_weight_grad(prep, dy[a:z], G, dyg)
                 if dx is not None:
-                    dx[a:z] = g.conv_backward_data(dy[a:z], w, G, self.in_sp)
+                    g.conv_backward_data(dy[a:z], w, G, self.in_sp, out=dx[a:z], dyg=dyg)
 
 
 @register("Deconvolution")
@@ -526,6 +698,7 @@ class Im2col(Layer):
     top[n, (c, k_1..k_m), o_1..o_m] = x_pad[n, c, o_i s_i + k_i d_i]  (channel-major rows,
     o = (n + 2p - e) / s + 1);  backward: dx = col2im(dy) (sum over the reads).
     """
+    in_place_ok = False
     exact_bottoms = 1
     exact_tops = 1
 
@@ -549,6 +722,11 @@ class Im2col(Layer):
         if any(o <= 0 for o in self.out_sp):
             raise LayerError(f"Im2col of input shape {b0.shape} with kernel "
                              f"{self.geom.kernel} gives an empty output {self.out_sp}")
+        pads = self.geom._pads(self.in_sp, self.out_sp)
+        padded = _prod([n + lo + hi for n, (lo, hi) in zip(self.in_sp, pads)])
+        self.check_scratch(self.num * self.C * padded * b0.dtype.itemsize,
+                           f"Im2col of input shape {b0.shape} with kernel {self.geom.kernel}, "
+                           f"pad {self.geom.pad}")
         top[0].reshape(b0.shape[:self.axis] + (self.C * self.geom.K,) + self.out_sp)
 
     def forward(self, bottom, top):
@@ -590,12 +768,26 @@ class PoolGeometry:
                 ow -= 1
         self.oh, self.ow = oh, ow
         self.out_shape = (oh, ow)
+        # Two windows along an axis and a stride past the input (no pad, CEIL): the
+        # second window lies wholly outside whatever the stride.  A stride just past
+        # the input gives the same results (window content, its -1 index, the sign of
+        # its AVE divisor) without padded buffers as long as the stride.
+        if oh == 2 and self.sh > self.H + self.ph + self.kh:
+            self.sh = self.H + self.ph + self.kh
+        if ow == 2 and self.sw > self.W + self.pw + self.kw:
+            self.sw = self.W + self.pw + self.kw
         self.K = self.kh * self.kw
         self.overlap = self.sh < self.kh or self.sw < self.kw
 
     def starts(self):
         """Window starts (may be negative) along h and w."""
         return (np.arange(self.oh) * self.sh - self.ph, np.arange(self.ow) * self.sw - self.pw)
+
+    def padded_shape(self):
+        """(H, W) of the padded input every (unclipped) window lies inside."""
+        rh = max(0, (self.oh - 1) * self.sh + self.kh - self.H - self.ph)
+        rw = max(0, (self.ow - 1) * self.sw + self.kw - self.W - self.pw)
+        return self.ph + self.H + rh, self.pw + self.W + rw
 
     def padded(self, x, value):
         """x (N, C, H, W) padded with ``value`` so every (unclipped) window lies inside."""
@@ -614,6 +806,26 @@ class PoolGeometry:
             for j in range(self.kw):
                 yield i, j, (_ALL, _ALL, slice(i, i + self.sh * (self.oh - 1) + 1, self.sh),
                              slice(j, j + self.sw * (self.ow - 1) + 1, self.sw))
+
+    def valid_offsets(self):
+        """(k, out_slices, in_slices) per window offset (kh, kw), k = kh * kernel_w + kw
+        in row-major order: the outputs whose window reaches a real pixel at that
+        offset, and those pixels (a strided view of the unpadded input)."""
+        hr = [_pool_axis_range(self.H, self.oh, i, self.sh, self.ph) for i in range(self.kh)]
+        wr = [_pool_axis_range(self.W, self.ow, j, self.sw, self.pw) for j in range(self.kw)]
+        out = []
+        for i in range(self.kh):
+            for j in range(self.kw):
+                if hr[i] is None or wr[j] is None:
+                    continue
+                out.append((i * self.kw + j, (_ALL, _ALL, hr[i][0], wr[j][0]),
+                            (_ALL, _ALL, hr[i][1], wr[j][1])))
+        return out
+
+    def window_base(self):
+        """In-plane index of every window's (unclipped) start, (oh, ow) int64."""
+        hs, ws = self.starts()
+        return hs[:, None].astype(np.int64) * self.W + ws[None, :]
 
     def in_plane_index(self, kh, kw):
         """h*W + w of window offset (kh, kw) for every output, shape (oh, ow)."""
@@ -635,7 +847,18 @@ class PoolGeometry:
                 max(-self.pw, 0), min(self.kw - self.pw, self.W))
 
 
-def max_pool(x, g):
+def _pool_axis_range(n, o, k, s, p):
+    """(output slice, input slice) along one axis for window offset k: the outputs
+    r with 0 <= r s - p + k < n and the input positions they read; None if none."""
+    lo = max(0, -((k - p) // s))
+    hi = min(o - 1, (n - 1 + p - k) // s)
+    if hi < lo:
+        return None
+    first = lo * s - p + k
+    return slice(lo, hi + 1), slice(first, first + (hi - lo) * s + 1, s)
+
+
+def max_pool(x, g, out=None):
     """(y, idx): window maxima and their in-plane index h*W + w (-1: none)."""
     N, C = x.shape[:2]
     neg = x.dtype.type(-FLT_MAX)
@@ -657,23 +880,209 @@ def max_pool(x, g):
         y = np.where(none, neg, m).astype(x.dtype)
         idx = np.where(none, -1, idx)
         return y.reshape(N, C, 1, 1), idx.reshape(N, C, 1, 1).astype(np.int64)
-    xp = g.padded(x, -np.inf)
-    cur = np.full((N, C) + g.out_shape, neg, x.dtype)
-    arg = np.full((N, C) + g.out_shape, -1, np.int32)
-    better = np.empty(cur.shape, bool)
-    for k, (_, _, sl) in enumerate(g.offsets()):
-        v = xp[sl]
-        np.greater(v, cur, out=better)
-        np.copyto(cur, v, where=better)
-        np.copyto(arg, k, where=better)
-    kh, kw = np.divmod(arg, g.kw)
-    hs, ws = g.starts()
-    idx = (hs[:, None] + kh) * g.W + (ws[None, :] + kw)
-    idx = np.where(arg >= 0, idx, -1).astype(np.int64)
-    return cur, idx
+    y, sel = max_pool_select(x, g, out)
+    return y, select_to_index(sel, g, y.shape)
 
 
-def ave_pool(x, g):
+class _WidePlan:
+    """Pooling on the padded input seen as one flat row per (n, c) plane.
+
+    With equal strides s, the input read by window offset (i, j) for output (r, q)
+    is flat[(r s + i) Wp + q s + j] = flat[i Wp + j + s (r Wp + q)]: a single strided
+    slice of length L = (oh - 1) Wp + ow for every output at once, in a "wide" grid of
+    rows Wp long whose columns q >= ow are discarded.  Small planes then cost a few
+    long numpy loops instead of one short loop per row."""
+
+    def __init__(self, g, NC):
+        self.g, self.NC = g, NC
+        self.Hp, self.Wp = g.padded_shape()
+        self.L = (g.oh - 1) * self.Wp + g.ow
+        self.s = g.sh
+        # (k, flat slice) per window offset, row-major
+        self.offsets = [(i * g.kw + j, slice(i * self.Wp + j,
+                                             i * self.Wp + j + self.s * (self.L - 1) + 1,
+                                             self.s))
+                        for i in range(g.kh) for j in range(g.kw)]
+
+    @staticmethod
+    def usable(g, NC):
+        return (g.sh == g.sw and NC > 0 and g.oh > 0 and g.ow > 0
+                and (g.sw == 1 or g.ow <= 16))
+
+    def padded(self, x, value, name):
+        """(NC, Hp*Wp) scratch copy of x with ``value`` around it."""
+        g = self.g
+        xp = scratch(name, (self.NC, self.Hp, self.Wp), x.dtype)
+        xp[:, :g.ph] = value
+        xp[:, g.ph + g.H:] = value
+        xp[:, g.ph:g.ph + g.H, :g.pw] = value
+        xp[:, g.ph:g.ph + g.H, g.pw + g.W:] = value
+        xp[:, g.ph:g.ph + g.H, g.pw:g.pw + g.W] = x.reshape(self.NC, g.H, g.W)
+        return xp.reshape(self.NC, self.Hp * self.Wp)
+
+    def grid(self, dtype, name=None):
+        """A wide output grid (NC, oh*Wp) and its computed part (NC, L)."""
+        shape = (self.NC, self.g.oh * self.Wp)
+        a = scratch(name, shape, dtype) if name else np.empty(shape, dtype)
+        return a, a[:, :self.L]
+
+    def crop(self, wide, out):
+        """The (N, C, oh, ow) outputs of a wide grid, copied into ``out``."""
+        g = self.g
+        np.copyto(out, wide.reshape(out.shape[:2] + (g.oh, self.Wp))[..., :g.ow])
+        return out
+
+    def spread(self, a, name):
+        """(N, C, oh, ow) -> wide grid with zeros in the discarded columns."""
+        g = self.g
+        wide, part = self.grid(a.dtype, name)
+        w3 = wide.reshape(self.NC, g.oh, self.Wp)
+        w3[:, :, g.ow:] = 0
+        w3[:, :, :g.ow] = a.reshape(self.NC, g.oh, g.ow)
+        return part
+
+    def unpad(self, xp_flat, out):
+        g = self.g
+        v = xp_flat.reshape(self.NC, self.Hp, self.Wp)[:, g.ph:g.ph + g.H, g.pw:g.pw + g.W]
+        np.copyto(out, v.reshape(out.shape))
+        return out
+
+
+def _pool_plan(g, NC):
+    return _WidePlan(g, NC) if _WidePlan.usable(g, NC) else None
+
+
+def _sel_dtype(g):
+    return np.uint8 if g.K < 255 else np.int32
+
+
+# Pooling runs over tiles of whole (n, c) planes whose input fits in the caches: its
+# K-pass kernels then read memory once instead of K times (3x faster for big batches).
+POOL_TILE_BYTES = 1 << 20
+
+
+def _plane_tiles(NC, plane_bytes):
+    step = max(1, POOL_TILE_BYTES // max(1, plane_bytes))
+    return [(a, min(NC, a + step)) for a in range(0, NC, step)]
+
+
+def _planes(a):
+    """(N, C, h, w) -> (N*C, 1, h, w) view: tiles of planes keep the 4-axis layout."""
+    return a.reshape((-1, 1) + a.shape[2:])
+
+
+def max_pool_select(x, g, out=None, select=True):
+    """(y, sel): window maxima and sel = 1 + the row-major window offset k of the
+    first maximum (0: no element above -FLT_MAX, or no pixel), uint8 (int32 for
+    kernels of more than 254 elements); sel is None when not ``select``, and in
+    the wide layout (see _WidePlan) when that is used.
+
+    One pass over the K offset views, as Caffe's loop: better = v > y (strict, so
+    NaN and ties never replace), y = fmax(y, v) (the same value), sel = max(sel,
+    better * (k + 1)) (a later offset that is better is the latest maximum)."""
+    N, C = x.shape[:2]
+    NC = N * C
+    y = out if out is not None else np.empty((N, C) + g.out_shape, x.dtype)
+    wide = _WidePlan.usable(g, NC)
+    sel = None
+    if select:
+        Wp = g.padded_shape()[1]
+        sel = np.zeros((NC, g.oh * Wp) if wide else (N, C) + g.out_shape, _sel_dtype(g))
+    xs, ys = _planes(x), _planes(y)
+    ss = None if sel is None else (sel if wide else _planes(sel))
+    run_tiles(lambda lo, hi: _max_pool_tile(xs[lo:hi], g, ys[lo:hi],
+                                            None if ss is None else ss[lo:hi], wide),
+              _plane_tiles(NC, x[0, 0].nbytes if NC else 0))
+    return y, sel
+
+
+def _max_pool_tile(x, g, y, sel, wide):
+    neg = x.dtype.type(-FLT_MAX)
+    if wide:
+        plan = _WidePlan(g, x.shape[0])
+        xf = plan.padded(x, -np.inf, "pool_in")
+        wgrid, yv = plan.grid(x.dtype, "pool_out")
+        steps = [(k, _ALL, xf[:, sl]) for k, sl in plan.offsets]
+        sv = None if sel is None else sel[:, :plan.L]
+    else:
+        yv, sv = y, sel
+        steps = [(k, osl, x[isl]) for k, osl, isl in g.valid_offsets()]
+    yv.fill(neg)
+    if sv is None:
+        for _, osl, v in steps:
+            t = yv[osl]
+            np.fmax(t, v, out=t)
+    else:
+        sdt = sv.dtype.type
+        better = np.empty(yv.shape, bool)
+        code = np.empty(yv.shape, sv.dtype)
+        for k, osl, v in steps:
+            t, b, c = yv[osl], better[osl], code[osl]
+            np.greater(v, t, out=b)
+            np.fmax(t, v, out=t)
+            np.multiply(b, sdt(k + 1), out=c)
+            np.maximum(sv[osl], c, out=sv[osl])
+    if wide:
+        plan.crop(wgrid, y)
+
+
+def select_to_index(sel, g, shape):
+    """In-plane index h*W + w (int64, -1: none, ``shape`` (N, C, oh, ow)) from
+    max_pool_select's sel."""
+    if sel.ndim == 2:                                  # wide layout
+        Wp = g.padded_shape()[1]
+        sel = sel.reshape(tuple(shape[:2]) + (g.oh, Wp))[..., :g.ow]
+    i, j = np.divmod(np.arange(g.K + 1, dtype=np.int64) - 1, g.kw)
+    lut = i * g.W + j                    # sel -> delta (kh W + kw)
+    idx = lut[sel] + g.window_base()
+    idx[sel == 0] = -1
+    return idx
+
+
+def max_pool_backward(dy, sel, g, dx):
+    """dx[first maximum of each window] += dy, written into dx (N, C, H, W).
+
+    Walking the offsets backwards adds each input's contributions in the raster
+    order of the windows that chose it, as Caffe's loop does."""
+    N, C = dy.shape[:2]
+    NC = N * C
+    finite = bool(np.isfinite(dy).all())          # dy * 0 would spread NaN / Inf
+    wide = sel.ndim == 2
+    dys, dxs = _planes(dy), _planes(dx)
+    ss = sel if wide else _planes(sel)
+    run_tiles(lambda lo, hi: _max_pool_backward_tile(dys[lo:hi], ss[lo:hi], g, dxs[lo:hi],
+                                                     wide, finite),
+              _plane_tiles(NC, dx[0, 0].nbytes if NC else 0))
+    return dx
+
+
+def _max_pool_backward_tile(dy, sel, g, dx, wide, finite):
+    if wide:
+        plan = _WidePlan(g, dy.shape[0])
+        dyv = plan.spread(dy, "pool_out")
+        acc = scratch("pool_in", (dy.shape[0], plan.Hp * plan.Wp), dy.dtype)
+        acc.fill(0)
+        selv = sel[:, :plan.L]
+        steps = [(k, _ALL, acc[:, sl]) for k, sl in plan.offsets]
+    else:
+        dyv, selv = dy, sel
+        dx.fill(0)
+        steps = [(k, osl, dx[isl]) for k, osl, isl in g.valid_offsets()]
+    eq = np.empty(dyv.shape, bool)
+    tmp = np.empty(dyv.shape, dy.dtype)
+    for k, osl, target in reversed(steps):
+        e, t = eq[osl], tmp[osl]
+        np.equal(selv[osl], k + 1, out=e)
+        if finite:
+            np.multiply(dyv[osl], e, out=t)
+        else:
+            t[...] = np.where(e, dyv[osl], 0)
+        target += t
+    if wide:
+        plan.unpad(acc, dx)
+
+
+def ave_pool(x, g, out=None):
     """Sum of the real pixels of each window / pool_size (clipped to the padded input)."""
     N, C = x.shape[:2]
     size = g.pool_size().astype(x.dtype)
@@ -685,32 +1094,64 @@ def ave_pool(x, g):
              else np.zeros((N, C), x.dtype))
         with np.errstate(divide="ignore", invalid="ignore"):
             return (s / size[0, 0]).reshape(N, C, 1, 1).astype(x.dtype)
-    xp = g.padded(x, 0)
-    acc = np.zeros((N, C) + g.out_shape, x.dtype)
-    for _, _, sl in g.offsets():
-        acc += xp[sl]
+    acc = out if out is not None else np.empty((N, C) + g.out_shape, x.dtype)
+    NC = N * C
+    wide = _WidePlan.usable(g, NC)
+    xs, accs = _planes(x), _planes(acc)
+
+    def tile(lo, hi):
+        xt, at = xs[lo:hi], accs[lo:hi]
+        if wide:                         # the padding adds +0: the same sums
+            plan = _WidePlan(g, hi - lo)
+            xf = plan.padded(xt, 0, "pool_in")
+            wgrid, part = plan.grid(x.dtype, "pool_out")
+            part.fill(0)
+            for _, sl in plan.offsets:
+                part += xf[:, sl]
+            plan.crop(wgrid, at)
+        else:
+            at.fill(0)
+            for _, osl, isl in g.valid_offsets():  # row-major: Caffe's order of the sum
+                at[osl] += xt[isl]
+    run_tiles(tile, _plane_tiles(NC, x[0, 0].nbytes if NC else 0))
     with np.errstate(divide="ignore", invalid="ignore"):
         acc /= size
     return acc
 
 
-def ave_pool_backward(dy, g):
+def ave_pool_backward(dy, g, dx=None):
     """dx[every real pixel of a window] += dy / pool_size."""
     N, C = dy.shape[:2]
     with np.errstate(divide="ignore", invalid="ignore"):
         share = (dy / g.pool_size().astype(dy.dtype)).astype(dy.dtype)
+    if dx is None:
+        dx = np.empty((N, C, g.H, g.W), dy.dtype)
     sw = g.single_window()
     if sw is not None:
+        dx.fill(0)
         h0, h1, w0, w1 = sw
-        dx = np.zeros((N, C, g.H, g.W), dy.dtype)
         dx[:, :, h0:h1, w0:w1] = share
         return dx
-    rh = max(0, (g.oh - 1) * g.sh + g.kh - g.H - g.ph)
-    rw = max(0, (g.ow - 1) * g.sw + g.kw - g.W - g.pw)
-    acc = np.zeros((N, C, g.ph + g.H + rh, g.pw + g.W + rw), dy.dtype)
-    for _, _, sl in g.offsets():
-        acc[sl] += share
-    return acc[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W]
+    NC = N * C
+    wide = _WidePlan.usable(g, NC)
+    ss, dxs = _planes(share), _planes(dx)
+
+    def tile(lo, hi):
+        st, dt = ss[lo:hi], dxs[lo:hi]
+        if wide:
+            plan = _WidePlan(g, hi - lo)
+            sv = plan.spread(st, "pool_out")
+            acc = scratch("pool_in", (hi - lo, plan.Hp * plan.Wp), dy.dtype)
+            acc.fill(0)
+            for _, sl in reversed(plan.offsets):    # each input: windows in raster order
+                acc[:, sl] += sv
+            plan.unpad(acc, dt)
+        else:
+            dt.fill(0)
+            for _, osl, isl in reversed(g.valid_offsets()):
+                dt[isl] += st[osl]
+    run_tiles(tile, _plane_tiles(NC, dx[0, 0].nbytes if NC else 0))
+    return dx
 
 
 def stochastic_pool_train(x, g, u):
@@ -785,6 +1226,7 @@ def _pool_round_ceil(pp, warn):
 class Pooling(Layer):
     __doc__ = ("2-D MAX / AVE / STOCHASTIC pooling (optional second top: the MAX mask).\n\n"
                + _DOC_POOL)
+    in_place_ok = False
     exact_bottoms = 1
     min_tops = 1
     max_tops = 2
@@ -844,6 +1286,9 @@ class Pooling(Layer):
         if min(shape) <= 0 and N * C > 0:
             raise LayerError(f"pooling {b.shape} with kernel {kernel}, stride "
                              f"{self.stride}, pad {self.pad} gives an empty output {shape}")
+        ph, pw = self.geom.padded_shape()
+        self.check_scratch(N * C * ph * pw * b.dtype.itemsize,
+                           f"pooling {b.shape} with kernel {kernel}, pad {self.pad}")
         top[0].reshape(shape)
         if len(top) > 1:
             top[1].reshape(shape)
@@ -851,13 +1296,26 @@ class Pooling(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data
         g = self.geom
+        self.sel = None
+        y = top[0].data if top[0] is not bottom[0] else None
         if self.method == MAX:
-            y, self.idx = max_pool(x, g)
-            top[0].data[...] = y
+            if g.single_window() is not None and g.K > 16:
+                r, self.idx = max_pool(x, g)
+            else:
+                # the argmax is only needed by a backward pass or the mask top
+                select = len(top) > 1 or getattr(self, "need_backward", True)
+                r, self.sel = max_pool_select(x, g, y, select=select)
+                self.idx = None
+            if r is not y:
+                top[0].data[...] = r
             if len(top) > 1:
+                if self.idx is None:
+                    self.idx = select_to_index(self.sel, g, top[0].shape)
                 top[1].data[...] = self.idx
         elif self.method == AVE:
-            top[0].data[...] = ave_pool(x, g)
+            r = ave_pool(x, g, y)
+            if r is not y:
+                top[0].data[...] = r
         elif self.phase == caffe_pb2.TRAIN:
             u = self.ctx.rng.random(x.shape[:2] + g.out_shape)
             y, self.idx = stochastic_pool_train(x, g, u)
@@ -872,10 +1330,15 @@ class Pooling(Layer):
         g = self.geom
         dy = top[0].diff
         if self.method == AVE:
-            bottom[0].diff[...] = ave_pool_backward(dy, g)
+            ave_pool_backward(dy, g, bottom[0].diff)
             return
         if self.method == MAX and len(top) > 1:
             idx = np.trunc(top[1].data).astype(np.int64)       # Caffe reads the mask top
+        elif self.method == MAX and getattr(self, "idx", None) is None:
+            if getattr(self, "sel", None) is None:     # forward ran without the argmax
+                _, self.sel = max_pool_select(bottom[0].data, g)
+            max_pool_backward(dy, self.sel, g, bottom[0].diff)
+            return
         else:
             idx = self.idx
         if idx is None:                   # STOCHASTIC in TEST: Caffe has no index
@@ -892,6 +1355,7 @@ class Pooling(Layer):
 class SPP(Layer):
     __doc__ = ("Spatial pyramid pooling: levels of 2^l x 2^l bins, flattened and "
                "concatenated.\n\n" + _DOC_SPP + "\n" + _DOC_POOL)
+    in_place_ok = False
     exact_bottoms = 1
     exact_tops = 1
 
