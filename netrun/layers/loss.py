@@ -36,6 +36,19 @@ class LossLayer(Layer):
             return VALID if lp.normalize else BATCH_SIZE
         return lp.normalization
 
+    def label_axis(self, bottom, axis, what):
+        """Set axis/outer/inner for class scores along ``axis`` and check that bottom[1]
+        holds one label per other position."""
+        self.axis = canonical_axis(axis, bottom[0].num_axes)
+        shape = bottom[0].shape
+        self.outer = int(np.prod(shape[:self.axis], dtype=np.int64))
+        self.inner = int(np.prod(shape[self.axis + 1:], dtype=np.int64))
+        if bottom[1].count != self.outer * self.inner:
+            raise LayerError(
+                f"label count {bottom[1].count} (shape {bottom[1].shape}) must equal the "
+                f"prediction count {self.outer * self.inner} without its {what} axis "
+                f"(shape {shape}, axis {self.axis})")
+
     @staticmethod
     def normalizer(mode, outer, inner, valid):
         """Caffe's divisor for the summed loss (never below 1)."""
@@ -91,15 +104,7 @@ class SoftmaxWithLoss(LossLayer):
         self.mode = self.normalization()
 
     def reshape(self, bottom, top):
-        self.axis = canonical_axis(self.param.softmax_param.axis, bottom[0].num_axes)
-        shape = bottom[0].shape
-        self.outer = int(np.prod(shape[:self.axis], dtype=np.int64))
-        self.inner = int(np.prod(shape[self.axis + 1:], dtype=np.int64))
-        if bottom[1].count != self.outer * self.inner:
-            raise LayerError(
-                f"label count {bottom[1].count} (shape {bottom[1].shape}) must equal the "
-                f"prediction count {self.outer * self.inner} without its softmax axis "
-                f"(shape {shape}, axis {self.axis})")
+        self.label_axis(bottom, self.param.softmax_param.axis, "softmax")
         top[0].reshape(())
         if len(top) > 1:
             top[1].reshape_like(bottom[0])
@@ -373,15 +378,8 @@ class InfogainLoss(LossLayer):
 
     def reshape(self, bottom, top):
         LossLayer.reshape(self, bottom, top)
-        self.axis = canonical_axis(self.param.infogain_loss_param.axis, bottom[0].num_axes)
+        self.label_axis(bottom, self.param.infogain_loss_param.axis, "infogain")
         shape = bottom[0].shape
-        self.outer = int(np.prod(shape[:self.axis], dtype=np.int64))
-        self.inner = int(np.prod(shape[self.axis + 1:], dtype=np.int64))
-        if bottom[1].count != self.outer * self.inner:
-            raise LayerError(
-                f"label count {bottom[1].count} (shape {bottom[1].shape}) must equal the "
-                f"prediction count {self.outer * self.inner} without its infogain axis "
-                f"(shape {shape}, axis {self.axis})")
         self.K = shape[self.axis]
         h_count = bottom[2].count if len(bottom) > 2 else self.infogain.size
         if h_count != self.K * self.K:
