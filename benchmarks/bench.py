@@ -8,6 +8,7 @@ peak RSS of the process.
     python benchmarks/bench.py                      # all rows, 5 iterations
     python benchmarks/bench.py --iterations 10 --nets caffenet,resnet50 --batches 1
     python benchmarks/bench.py --low-memory         # forward-only peak RSS, both modes
+    python benchmarks/bench.py --torch              # add a PyTorch CPU peer (same weights)
 
 Writes benchmarks/results.md (and prints it).  The conformance cases'
 net.prototxt are used (deploy nets), without their final Softmax, weights
@@ -68,9 +69,8 @@ def worker(args):
     shape = (args.batch,) + net.blobs[name].shape[1:]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     net.set_input(name, x)
-    backward_layers = [i for i in range(len(net.layers) - 1, -1, -1) if net.layer_need_backward[i]]
 
-    def once():
+    def once_netrun():
         t0 = time.perf_counter()
         net.forward()
         t1 = time.perf_counter()
@@ -81,12 +81,34 @@ def worker(args):
         net.backward()
         return t1 - t0, time.perf_counter() - t1
 
+    if args.engine == "torch":                  # the same graph and weights in PyTorch
+        from torch_peer import TorchPeer
+        net.forward()                           # every layer learns its geometry
+        peer = TorchPeer(net, threads=len(os.sched_getaffinity(0)))
+        import torch
+        inputs = {name: x}
+
+        def once_torch():
+            t0 = time.perf_counter()
+            if args.forward_only:
+                with torch.no_grad():
+                    peer.forward(inputs)
+                return time.perf_counter() - t0, 0.0
+            outs = peer.forward(inputs)
+            t1 = time.perf_counter()
+            peer.backward(outs)
+            return t1 - t0, time.perf_counter() - t1
+        once = once_torch
+    else:
+        once = once_netrun
+
     once()                                      # warm-up
     times = [once() for _ in range(args.iterations)]
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"forward": statistics.median(t[0] for t in times) * 1e3,
                       "backward": statistics.median(t[1] for t in times) * 1e3,
-                      "rss_mb": rss_kb / 1024.0, "layers": len(net.layers)}))
+                      "rss_mb": rss_kb / 1024.0, "layers": len(net.layers),
+                      "input": name, "shape": list(shape)}))
 
 
 def run_child(net, batch, iterations, extra=()):
@@ -98,18 +120,81 @@ def run_child(net, batch, iterations, extra=()):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def per_layer(net, batch, r, iterations, top=8):
+    """`netrun time --json` on the row's net (final Softmax dropped): the layer types'
+    totals and the slowest layers, forward and backward, as markdown lines."""
+    import tempfile
+    from google.protobuf import text_format
+    sys.path.insert(0, str(ROOT))
+    from netrun.io.prototxt import read_net
+    param = strip_softmax(read_net(CASES / NETS[net] / "net.prototxt", warn=lambda m: None).param)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "net.prototxt"
+        path.write_text(text_format.MessageToString(param))
+        cmd = [sys.executable, "-m", "netrun", "time", str(path), "--input-shape",
+               f"{r['input']}={','.join(str(d) for d in r['shape'])}", "-n", str(iterations),
+               "--force-backward", "--no-check-finite", "--json"]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+    if out.returncode != 0:
+        return [f"`netrun time` failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"]
+    data = json.loads(out.stdout)
+    layers = data["layers"]
+    types = {}
+    for l in layers:
+        f, b = types.get(l["type"], (0.0, 0.0))
+        types[l["type"]] = (f + l["forward_ms"], b + l["backward_ms"])
+    lines = [f"**{net}, batch {batch}** (`netrun time -n {iterations}`: average forward "
+             f"{data['average_forward_ms']:.1f} ms, backward {data['average_backward_ms']:.1f} ms)", "",
+             "| layer type | forward ms | backward ms |", "|---|---|---|"]
+    for t, (f, b) in sorted(types.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        lines.append(f"| {t} | {f:.1f} | {b:.1f} |")
+    lines += ["", "| slowest layers | type | forward ms | backward ms |", "|---|---|---|---|"]
+    for l in sorted(layers, key=lambda l: -(l["forward_ms"] + l["backward_ms"]))[:top]:
+        lines.append(f"| {l['name']} | {l['type']} | {l['forward_ms']:.2f} | "
+                     f"{l['backward_ms']:.2f} |")
+    return lines + [""]
+
+
 def machine():
     import numpy as np
     blas = ""
     try:
         from threadpoolctl import threadpool_info
         info = threadpool_info()
-        blas = ", ".join(f"{i['internal_api']} {i.get('version', '')} ({i['num_threads']} threads)"
-                         for i in info)
+        blas = ", ".join(f"{i['internal_api']} {i.get('version', '')} {i.get('architecture', '')} "
+                         f"kernel ({i['num_threads']} threads)" for i in info)
     except ImportError:
         pass
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"numpy {np.__version__}{', ' + blas if blas else ''}")
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                                      "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+                    if k in os.environ) or "no OPENBLAS_*/OMP_* variables set"
+    return (f"{platform.machine()} {cpu}, {len(os.sched_getaffinity(0))} cores, Python "
+            f"{platform.python_version()}, numpy {np.__version__}"
+            f"{', ' + blas if blas else ''}; {env}")
+
+
+def gemm_gflops(n=1500, reps=5):
+    """numpy float32 GEMM throughput right now: how fast this (shared) machine runs."""
+    import numpy as np
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def load():
+    try:
+        return "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "load average unknown"
 
 
 def main():
@@ -122,19 +207,34 @@ def main():
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--forward-only", action="store_true")
     ap.add_argument("--low-memory", action="store_true")
+    ap.add_argument("--torch", action="store_true", help="also time a PyTorch CPU peer")
+    ap.add_argument("--per-layer", action="store_true",
+                    help="for rows slower than Caffe, add `netrun time` per-layer figures")
+    ap.add_argument("--memory-rows", default="resnet50:8",
+                    help="after the timing table, forward-only peak RSS in both modes for "
+                         "these net:batch pairs (comma-separated; empty: none)")
+    ap.add_argument("--engine", default="netrun", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    lines = [f"# netrun benchmark ({time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {machine()}.", f"Median of {args.iterations} iterations after one warm-up; "
-             "Caffe figures: `caffe time`, BVLC Caffe, same machine kind.", ""]
+    lines = [f"# netrun benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
+             f"Machine: {machine()}.", "",
+             f"Median of {args.iterations} iterations after one warm-up, each (net, batch) in "
+             "its own process; Caffe figures: `caffe time` averages, BVLC Caffe, same machine "
+             f"kind.  At the start: {load()}, numpy float32 GEMM (1500^3) "
+             f"{gemm_gflops():.0f} GFLOP/s.", ""]
     if args.low_memory:
         lines += ["| net | batch | forward ms | peak RSS MB (default) | peak RSS MB (--low-memory) | ratio |",
                   "|---|---|---|---|---|---|"]
     else:
-        lines += ["| net | batch | forward ms | Caffe | ratio | backward ms | Caffe | ratio | peak RSS MB |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        head = "| net | batch | forward ms | Caffe | ratio | backward ms | Caffe | ratio | peak RSS MB |"
+        rule = "|---|---|---|---|---|---|---|---|---|"
+        if args.torch:
+            head += " PyTorch fwd | PyTorch bwd |"
+            rule += "---|---|"
+        lines += [head, rule]
+    slow = []
     for net in args.nets.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             if not args.low_memory and (net, batch) not in CAFFE:
@@ -150,13 +250,40 @@ def main():
             else:
                 r = run_child(net, batch, args.iterations)
                 cf, cb = CAFFE[(net, batch)]
+                if "error" not in r and (r["forward"] > cf or r["backward"] > cb):
+                    slow.append((net, batch, r))
                 if "error" in r:
-                    lines.append(f"| {net} | {batch} | error: {r['error']} | {cf} | | | {cb} | | |")
+                    line = f"| {net} | {batch} | error: {r['error']} | {cf} | | | {cb} | | |"
                 else:
-                    lines.append(f"| {net} | {batch} | {r['forward']:.1f} | {cf} | "
-                                 f"{r['forward'] / cf:.2f} | {r['backward']:.1f} | {cb} | "
-                                 f"{r['backward'] / cb:.2f} | {r['rss_mb']:.0f} |")
+                    line = (f"| {net} | {batch} | {r['forward']:.1f} | {cf} | "
+                            f"{r['forward'] / cf:.2f} | {r['backward']:.1f} | {cb} | "
+                            f"{r['backward'] / cb:.2f} | {r['rss_mb']:.0f} |")
+                if args.torch:
+                    t = run_child(net, batch, args.iterations, ["--engine", "torch"])
+                    line += (f" error: {t['error']} | |" if "error" in t else
+                             f" {t['forward']:.1f} | {t['backward']:.1f} |")
+                lines.append(line)
             print(lines[-1], flush=True)
+    lines += ["", f"At the end of the table: {load()}, GEMM {gemm_gflops():.0f} GFLOP/s."]
+    if not args.low_memory and args.memory_rows:
+        lines += ["", "## Forward-only peak RSS: default vs --low-memory", "",
+                  "| net | batch | forward ms | peak RSS MB (default) | "
+                  "peak RSS MB (--low-memory) | ratio |", "|---|---|---|---|---|---|"]
+        for item in args.memory_rows.split(","):
+            net, batch = item.split(":")
+            a = run_child(net, int(batch), args.iterations, ["--forward-only"])
+            b = run_child(net, int(batch), args.iterations, ["--forward-only", "--low-memory"])
+            if "error" in a or "error" in b:
+                lines.append(f"| {net} | {batch} | error: {a.get('error') or b.get('error')} | | | |")
+            else:
+                lines.append(f"| {net} | {batch} | {a['forward']:.1f} | {a['rss_mb']:.0f} | "
+                             f"{b['rss_mb']:.0f} | {b['rss_mb'] / a['rss_mb']:.2f} |")
+            print(lines[-1], flush=True)
+    if args.per_layer and slow:
+        lines += ["", "## Per-layer figures of the rows above Caffe", ""]
+        for net, batch, r in slow:
+            lines += per_layer(net, batch, r, args.iterations)
+            print("\n".join(lines[-4:]), flush=True)
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)

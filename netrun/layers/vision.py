@@ -32,7 +32,7 @@ column buffer is built in Caffe's channel-major layout (G, Cg*K, num*P) by one s
 copy and given to BLAS transposed (the same GEMM, so the same float32 sums); the GEMM
 result (positions x channels) is stored channel-major with the bias added.  A 1x1
 kernel with stride 1 and no padding needs no im2col (x itself, seen transposed).  In
-backward, batches of large planes (>= PER_IMAGE_MIN_PLANE positions) run one GEMM per
+backward, batches of large planes (>= _BIG_PLANE positions) run one GEMM per
 image instead of copying dy (and x) into group-major order.  Depthwise convolution
 (one input channel per group) runs as a loop over the kernel offsets of strided
 multiply-adds.  Temporaries (columns, GEMM outputs) live in reused scratch buffers.
@@ -89,10 +89,6 @@ FLT_MIN = float(np.finfo(np.float32).tiny)
 
 # Largest column buffer built at once; bigger batches are processed in chunks of images.
 COL_BUFFER_BYTES = 1 << 28
-# 1x1 convolutions with at least this many output positions per image run one GEMM per
-# image (no transposed copies); smaller ones transpose into a single GEMM.
-_BIG_PLANE = 1024
-
 _DOC_CONV = __doc__[__doc__.index("Convolution geometry"):__doc__.index("Pooling (2-D")]
 _DOC_POOL = __doc__[__doc__.index("Pooling (2-D"):__doc__.index("SPP (spatial")]
 _DOC_SPP = __doc__[__doc__.index("SPP (spatial"):]
@@ -429,11 +425,11 @@ class ConvGeometry:
 
 # In backward, batches of planes this large run one GEMM per image (no group-major
 # copies of dy and x); smaller planes are copied into one GEMM over the batch.
-PER_IMAGE_MIN_PLANE = 1024
+_BIG_PLANE = 1024
 
 
 def per_image(num, P):
-    return num > 1 and P >= PER_IMAGE_MIN_PLANE
+    return num > 1 and P >= _BIG_PLANE
 
 
 def _store_transposed(r, out, bias):
@@ -458,17 +454,6 @@ def _store_transposed(r, out, bias):
         np.copyto(dst, src)
     else:
         np.add(src, bias.reshape(bshape), out=dst)
-
-
-def _group_major(a, G, Cg, num, P):
-    """(num, G*Cg, *sp) -> (G, Cg, num*P) (a copy unless num == 1)."""
-    return a.reshape(num, G, Cg, P).transpose(1, 2, 0, 3).reshape(G, Cg, num * P)
-
-
-def _to_batch_major(y, C, num, sp):
-    """(G, Cg, num*P) -> view (num, C, *sp)."""
-    nsp = len(sp)
-    return y.reshape((C, num) + tuple(sp)).transpose((1, 0) + tuple(range(2, 2 + nsp)))
 
 
 def conv_geometry(cp, nsp):
