@@ -54,13 +54,11 @@ class Budget:
     def __init__(self, limit):
         self.limit = limit
         self.items = []          # (bytes, what)
-
-    @property
-    def total(self):
-        return sum(n for n, _ in self.items)
+        self.total = 0           # running sum of the items' bytes
 
     def charge(self, nbytes, what):
         self.items.append((int(nbytes), what))
+        self.total += int(nbytes)
         if self.limit is not None and self.total > self.limit:
             self.fail()
 

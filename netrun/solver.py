@@ -490,19 +490,7 @@ class Solver:
     # -- testing ----------------------------------------------------------------------------
     def share_trained_layers(self, test_net):
         """Caffe's ShareTrainedLayersWith: same-named layers use the train net's weights."""
-        src = self.net.layer_dict
-        for name, layer in test_net.layer_dict.items():
-            other = src.get(name)
-            if other is None or not layer.blobs:
-                continue
-            if len(other.blobs) != len(layer.blobs):
-                raise NetrunError(f'layer "{name}" has {len(layer.blobs)} parameter blobs in the '
-                                  f"test net and {len(other.blobs)} in the train net")
-            for k, (mine, theirs) in enumerate(zip(layer.blobs, other.blobs)):
-                if mine.shape != theirs.shape:
-                    raise NetrunError(f'layer "{name}" parameter {k} has shape {mine.shape} in the '
-                                      f"test net and {theirs.shape} in the train net")
-                mine._data = theirs.data
+        test_net.share_with(self.net)
 
     def test_all(self):
         for i in range(len(self.test_nets)):
