@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..errors import LayerError, check
-from ._tiles import run_tiles
+from ._tiles import run_tiles, tile_ranges
 from .base import Layer, canonical_axis, register
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
@@ -72,8 +72,7 @@ LRN_TILE_BYTES = 1 << 20
 
 def _spatial_tiles(shape, item_bytes):
     N, C, S = shape
-    step = max(1, LRN_TILE_BYTES // max(1, N * C * item_bytes))
-    return [(a, min(S, a + step)) for a in range(0, S, step)]
+    return tile_ranges(S, N * C * item_bytes, LRN_TILE_BYTES)
 
 
 def _kept_input(layer, bottom, top):

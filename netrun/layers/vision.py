@@ -81,7 +81,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..errors import LayerError, check
 from ..proto import caffe_pb2
-from ._tiles import run_tiles
+from ._tiles import in_parts, parallel_copyto, run_tiles, tile_ranges
 from .base import Layer, canonical_axis, register
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -203,8 +203,9 @@ class ConvGeometry:
                 xp[pre + (slice(0, lo),)] = 0
             if hi:
                 xp[pre + (slice(lo + n, None),)] = 0
-        xp[(_ALL, _ALL) + tuple(slice(lo, lo + n) for n, (lo, _) in
-                                zip(x.shape[2:], pads))] = x
+        inner = (_ALL, _ALL) + tuple(slice(lo, lo + n) for n, (lo, _) in
+                                     zip(x.shape[2:], pads))
+        parallel_copyto(xp[inner], x)
         return xp
 
     def im2col(self, x, out_sp, group=1):
@@ -217,15 +218,13 @@ class ConvGeometry:
         Fortran-ordered operand BLAS reads as is; the sums are the same)."""
         num, C = x.shape[:2]
         nsp = self.nsp
-        G, Cg = group, C // group
         P = _prod(out_sp)
         v = self.windows(self.padded_scratch(x, out_sp), out_sp)    # (num, C, *out, *k)
-        v = v.reshape((num, G, Cg) + v.shape[2:])
-        perm = ((1, 2) + tuple(range(3 + nsp, 3 + 2 * nsp)) + (0,)
-                + tuple(range(3, 3 + nsp)))
-        cols = scratch("cols", (G, Cg) + self.kernel + (num,) + tuple(out_sp), x.dtype)
-        np.copyto(cols, v.transpose(perm))
-        return cols.reshape(G, Cg * self.K, num * P).transpose(0, 2, 1)
+        perm = ((1,) + tuple(range(2 + nsp, 2 + 2 * nsp)) + (0,)
+                + tuple(range(2, 2 + nsp)))
+        cols = scratch("cols", (C,) + self.kernel + (num,) + tuple(out_sp), x.dtype)
+        parallel_copyto(cols, v.transpose(perm))
+        return cols.reshape(group, C // group * self.K, num * P).transpose(0, 2, 1)
 
     def col2im(self, cols, in_sp, out_sp, out=None):
         """Sum a column view (num, C, *kernel, *out) back into a (num, C, *in) image
@@ -233,18 +232,25 @@ class ConvGeometry:
         dropped; each input adds its reads in kernel order, as Caffe's col2im."""
         num, C = cols.shape[:2]
         acc = out if out is not None else np.empty((num, C) + tuple(in_sp), cols.dtype)
-        acc.fill(0)
         if _prod(out_sp) == 0:
+            acc.fill(0)
             return acc
         ranges = [[_pool_axis_range(n, o, k * d, s, p) for k in range(ks)]
                   for n, o, ks, d, s, p in zip(in_sp, out_sp, self.kernel, self.dilation,
                                                  self.stride, self.pad)]
+        steps = []
         for kidx in np.ndindex(*self.kernel):
             r = [ranges[a][k] for a, k in enumerate(kidx)]
-            if any(x is None for x in r):
-                continue
-            acc[(_ALL, _ALL) + tuple(x[1] for x in r)] += \
-                cols[(_ALL, _ALL) + kidx + tuple(x[0] for x in r)]
+            if all(x is not None for x in r):
+                steps.append((tuple(x[1] for x in r), kidx + tuple(x[0] for x in r)))
+
+        def channels(lo, hi):                 # each channel range on its own
+            a = acc[:, lo:hi]
+            a.fill(0)
+            c = cols[:, lo:hi]
+            for isl, csl in steps:
+                a[(_ALL, _ALL) + isl] += c[(_ALL, _ALL) + csl]
+        in_parts(channels, C, cols.size * cols.itemsize)
         return acc
 
     def cols_view(self, cols, C, num, out_sp):
@@ -272,8 +278,8 @@ class ConvGeometry:
                 return ("cols", x.reshape(group, Cg, P).transpose(0, 2, 1))
             if backward and per_image(num, P):
                 return ("x", x.reshape(num, group, Cg, P))
-            xt = scratch("cols", (group, Cg, num, P), x.dtype)
-            np.copyto(xt, x.reshape(num, group, Cg, P).transpose(1, 2, 0, 3))
+            xt = scratch("cols", (C, num, P), x.dtype)
+            parallel_copyto(xt, x.reshape(num, C, P).transpose(1, 0, 2))
             return ("cols", xt.reshape(group, Cg, num * P).transpose(0, 2, 1))
         return ("cols", self.im2col(x, out_sp, group))
 
@@ -314,8 +320,8 @@ class ConvGeometry:
         Og, P = Co // group, _prod(dy.shape[2:])
         if num == 1:
             return dy.reshape(group, Og, P)
-        dyg = scratch("dyg", (group, Og, num, P), dy.dtype)
-        np.copyto(dyg, dy.reshape(num, group, Og, P).transpose(1, 2, 0, 3))
+        dyg = scratch("dyg", (Co, num, P), dy.dtype)
+        parallel_copyto(dyg, dy.reshape(num, Co, P).transpose(1, 0, 2))
         return dyg.reshape(group, Og, num * P)
 
     def conv_backward_data(self, dy, w, group, in_sp, out=None, dyg=None):
@@ -441,8 +447,10 @@ def _store_transposed(r, out, bias):
     if Og % 4 == 0 and r.strides[-1] == 4 == r.dtype.itemsize and r.strides[-2] % 16 == 0:
         t = scratch("transpose", (G, num, Og // 4, P, 4), r.dtype)
         v16 = np.dtype((np.void, 16))
-        np.copyto(t.view(v16).reshape(G, num, Og // 4, P),
-                  r.view(v16).reshape(G, num, P, Og // 4).transpose(0, 1, 3, 2))
+        tv = t.view(v16).reshape(G, num, Og // 4, P)
+        rv = r.view(v16).reshape(G, num, P, Og // 4).transpose(0, 1, 3, 2)
+        in_parts(lambda lo, hi: np.copyto(tv[:, :, lo:hi], rv[:, :, lo:hi]), Og // 4,
+                 2 * r.nbytes)
         src = t.transpose(1, 0, 2, 4, 3)                     # (num, G, Og/4, 4, P)
         dst = out.reshape(num, G, Og // 4, 4, P)
         bshape = (1, G, Og // 4, 4, 1)
@@ -450,10 +458,15 @@ def _store_transposed(r, out, bias):
         src = r.transpose(1, 0, 3, 2)                        # (num, G, Og, P)
         dst = out
         bshape = (1, G, Og, 1)
-    if bias is None:
-        np.copyto(dst, src)
-    else:
-        np.add(src, bias.reshape(bshape), out=dst)
+    b = None if bias is None else np.broadcast_to(bias.reshape(bshape), bshape)
+
+    def part(lo, hi):                            # a range of channels (or of 4s)
+        d, s = dst[:, :, lo:hi], src[:, :, lo:hi]
+        if b is None:
+            np.copyto(d, s)
+        else:
+            np.add(s, b[:, :, lo:hi], out=d)
+    in_parts(part, dst.shape[2], 2 * out.nbytes)
 
 
 def conv_geometry(cp, nsp):
@@ -947,8 +960,7 @@ POOL_TILE_BYTES = 1 << 20
 
 
 def _plane_tiles(NC, plane_bytes):
-    step = max(1, POOL_TILE_BYTES // max(1, plane_bytes))
-    return [(a, min(NC, a + step)) for a in range(0, NC, step)]
+    return tile_ranges(NC, plane_bytes, POOL_TILE_BYTES)
 
 
 def _planes(a):
