@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import LayerError, check
 from .base import Layer, canonical_axis, register
+from ._tiles import flat_parts
 
 ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX = 0, 1, 2
 
@@ -35,9 +36,11 @@ class Split(Layer):
         if len(top) == 1:
             out[...] = top[0].diff
             return
-        np.add(top[0].diff, top[1].diff, out=out)
-        for t in top[2:]:
-            out += t.diff
+        def add(o, a, b, *rest):
+            np.add(a, b, out=o)
+            for r in rest:
+                o += r
+        flat_parts(add, out, *(t.diff for t in top))
 
 
 @register("Silence")
@@ -92,9 +95,11 @@ class Eltwise(Layer):
         out = top[0].data
         if (self.op == ELTWISE_SUM and all(c == 1 for c in self.coeff)
                 and not any(np.shares_memory(out, x) for x in xs[1:])):
-            np.add(xs[0], xs[1], out=out)            # x0 + x1 + ..., in Caffe's order
-            for x in xs[2:]:
-                out += x
+            def add(o, a, b, *rest):                 # x0 + x1 + ..., in Caffe's order
+                np.add(a, b, out=o)
+                for r in rest:
+                    o += r
+            flat_parts(add, out, *xs)
         elif self.op == ELTWISE_SUM:
             acc = xs[0] * self.dtype.type(self.coeff[0]) if self.coeff[0] != 1 else xs[0].copy()
             for c, x in zip(self.coeff[1:], xs[1:]):
@@ -124,7 +129,10 @@ class Eltwise(Layer):
                 continue
             if self.op == ELTWISE_SUM:
                 c = self.coeff[i]
-                b.diff[...] = dy if c == 1 else dy * self.dtype.type(c)
+                if c == 1:
+                    flat_parts(np.copyto, b.diff, dy)
+                else:
+                    b.diff[...] = dy * self.dtype.type(c)
             elif self.op == ELTWISE_PROD:
                 if self.stable_prod_grad:
                     others = [o.data for j, o in enumerate(bottom) if j != i]

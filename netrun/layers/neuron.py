@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import LayerError, check
 from ..proto import caffe_pb2
 from .base import Layer, register
+from ._tiles import flat_parts
 
 
 class NeuronLayer(Layer):
@@ -50,7 +51,7 @@ class ReLU(NeuronLayer):
         if self.in_place(bottom, top) and self.slope < 0:
             self._mask = x > 0
         if self.slope == 0:
-            np.maximum(x, 0, out=top[0].data)
+            flat_parts(lambda a, y: np.maximum(a, 0, out=y), x, top[0].data)
         else:
             top[0].data[...] = np.where(x > 0, x, x * self.dtype.type(self.slope))
 
@@ -60,9 +61,13 @@ class ReLU(NeuronLayer):
         dy = top[0].diff
         if self._mask is not None and self.in_place(bottom, top):
             pos = self._mask
+        elif self.slope == 0:           # Caffe's dy * (x > 0), in place when it can be
+            flat_parts(lambda d, a, dx: np.multiply(d, a > 0, out=dx),
+                       dy, bottom[0].data, bottom[0].diff)
+            return
         else:
             pos = np.greater(bottom[0].data, 0)
-        if self.slope == 0:             # Caffe's dy * (x > 0), in place when it can be
+        if self.slope == 0:
             np.multiply(dy, pos, out=bottom[0].diff)
         else:
             bottom[0].diff[...] = dy * np.where(pos, 1, self.dtype.type(self.slope))

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..errors import LayerError, check
-from ._tiles import run_tiles, tile_ranges
+from ._tiles import channel_tiles, run_tiles, tile_ranges
 from .base import Layer, canonical_axis, register
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
@@ -294,8 +294,13 @@ class BatchNorm(Layer):
             self._std, self._xnorm = std, None
             # y = (x - mean) / std in place in the top (in place on x when it is x)
             out = self._view(top[0].data)
-            np.subtract(x, mean[None, :, None], out=out)
-            np.divide(out, std[None, :, None], out=out)
+            m3, s3 = mean[None, :, None], std[None, :, None]
+
+            def part(lo, hi):
+                o = out[:, lo:hi]
+                np.subtract(x[:, lo:hi], m3[:, lo:hi], out=o)
+                np.divide(o, s3[:, lo:hi], out=o)
+            channel_tiles(part, *out.shape, out.itemsize)
             return
         else:
             mean = x.mean(axis=(0, 2), dtype=F64).astype(self.dtype)
@@ -327,7 +332,9 @@ class BatchNorm(Layer):
         std = self._std[None, :, None]
         out = self._view(bottom[0].diff)
         if self.use_global:
-            np.divide(dy, std, out=out)
+            channel_tiles(lambda lo, hi: np.divide(dy[:, lo:hi], std[:, lo:hi],
+                                                   out=out[:, lo:hi]),
+                          *out.shape, out.itemsize)
             return
         y = self._xnorm
         m_dy = dy.mean(axis=(0, 2), dtype=F64).astype(self.dtype)[None, :, None]
@@ -427,9 +434,15 @@ class Scale(Layer):
         self._x = _kept_input(self, bottom, top)
         s = self._scale_blob(bottom).data.reshape(1, dim, 1)
         y = top[0].data.reshape(outer, dim, inner)
-        np.multiply(x.reshape(outer, dim, inner), s, out=y)
-        if self.bias_term:
-            y += self.blobs[-1].data.reshape(1, dim, 1)
+        x3 = x.reshape(outer, dim, inner)
+        b = self.blobs[-1].data.reshape(1, dim, 1) if self.bias_term else None
+
+        def part(lo, hi):
+            yt = y[:, lo:hi]
+            np.multiply(x3[:, lo:hi], s[:, lo:hi], out=yt)
+            if b is not None:
+                yt += b[:, lo:hi]
+        channel_tiles(part, outer, dim, inner, y.itemsize)
 
     def backward(self, top, propagate_down, bottom):
         outer, dim, inner = self.dims
@@ -448,7 +461,10 @@ class Scale(Layer):
                 sblob.diff.reshape(dim)[...] += ds
         if propagate_down[0]:
             s = sblob.data.reshape(1, dim, 1)
-            np.multiply(dy, s, out=bottom[0].diff.reshape(outer, dim, inner))
+            dx = bottom[0].diff.reshape(outer, dim, inner)
+            channel_tiles(lambda lo, hi: np.multiply(dy[:, lo:hi], s[:, lo:hi],
+                                                     out=dx[:, lo:hi]),
+                          outer, dim, inner, dx.itemsize)
 
 
 @register("Bias")
