@@ -37,7 +37,8 @@ import numpy as np
 
 from .blob import Blob
 from .errors import LayerError, NetrunError
-from .layers import Context, layer_class, registered_types
+from .layers import Context, Layer, layer_class, registered_types
+from .layers._tiles import channel_tiles
 from .layers.vision import release_scratch
 from .proto import caffe_pb2
 
@@ -669,7 +670,87 @@ class Net:
                 last[name] = li
         return last
 
-    def forward(self, blobs=None, start=None, end=None, on_layer=None, **inputs):
+    # -- in-place chains run tile by tile -----------------------------------------
+    def _chain_spans(self):
+        """{first: last} of every run of two or more consecutive layers working in
+        place on one blob that can each be cut into channel ranges (Layer's
+        channel_forward): BatchNorm -> Scale -> ReLU after a convolution."""
+        spans = getattr(self, "_spans", None)
+        if spans is not None:
+            return spans
+
+        def capable(k):
+            layer = self.layers[k]
+            return (len(self.bottom_ids[k]) == 1 and self.bottom_ids[k] == self.top_ids[k]
+                    and type(layer).channel_forward is not Layer.channel_forward
+                    and not any(layer.loss_weights))
+        spans, n, li = {}, len(self.layers), 0
+        while li < n:
+            j = li
+            while j < n and capable(j) and self.top_ids[j] == self.top_ids[li]:
+                j += 1
+            if j - li >= 2:
+                spans[li] = j - 1
+            li = max(j, li + 1)
+        self._spans = spans
+        # every member's end (forward) and start (backward): a chain whose first
+        # layer cannot be cut this time (TRAIN-phase BatchNorm) fuses the rest
+        self._span_end = {k: b for a, b in spans.items() for k in range(a, b)}
+        self._span_start = {k: a for a, b in spans.items() for k in range(a + 1, b + 1)}
+        return spans
+
+    def _run_chain(self, order, prepare, shape_of):
+        """Prepare each layer of ``order`` (prepare(k) -> fn(lo, hi) or None) while they
+        agree on one (N, C, S) view, then run the prepared ones together over channel
+        tiles.  Returns how many layers ran (0: none could; the caller runs them)."""
+        parts, dims = [], None
+        for k in order:
+            d = self._call(k, shape_of, k)
+            if dims is not None and d != dims:
+                break
+            part = self._call(k, prepare, k)
+            if part is None:
+                break
+            dims = d
+            parts.append(part)
+        if len(parts) < 2:
+            return 0
+
+        def tile(lo, hi):
+            for part in parts:
+                part(lo, hi)
+        itemsize = self.blobs[self.top_ids[order[0]][0]].dtype.itemsize
+        self._call(order[0], channel_tiles, tile, *dims, itemsize)
+        return len(parts)
+
+    def _forward_chain(self, s, e):
+        def prepare(k):
+            layer, bottom, top = self.layers[k], self._bottoms(k), self._tops(k)
+            layer.reshape(bottom, top)
+            return layer.channel_forward(bottom, top)
+
+        def shape_of(k):
+            dims = self.layers[k].channel_dims(self._bottoms(k))
+            return None if dims is None else tuple(dims)
+        return self._run_chain(list(range(s, e + 1)), prepare, shape_of)
+
+    def _backward_chain(self, last, first):
+        order = []
+        for k in range(last, first - 1, -1):
+            if not (self.layer_need_backward[k] and self.bottom_need_backward[k][0]):
+                break
+            order.append(k)
+
+        def prepare(k):
+            return self.layers[k].channel_backward(self._tops(k), self.bottom_need_backward[k],
+                                                   self._bottoms(k))
+
+        def shape_of(k):
+            dims = self.layers[k].channel_dims(self._bottoms(k))
+            return None if dims is None else tuple(dims)
+        return self._run_chain(order, prepare, shape_of)
+
+    def forward(self, blobs=None, start=None, end=None, on_layer=None, timer=None, **inputs):
         """Run layers ``start``..``end`` (names or indices, inclusive).
 
         Keyword arguments are arrays for input blobs.  Returns a dict of the
@@ -677,7 +758,9 @@ class Net:
         blobs named in ``blobs``; the total weighted loss
         is kept in ``self.loss``.  In inference mode (``Net(..., inference=True)``)
         every other blob is freed as soon as its last reader has run.
-        ``on_layer(i)`` is called after layer ``i`` has run.
+        ``on_layer(i)`` is called after layer ``i`` has run (and makes every layer
+        run on its own); ``timer(indices)`` after each step, a layer or a chain of
+        in-place layers run together (see _chain_spans).
         """
         for name, arr in inputs.items():
             self.set_input(name, arr)
@@ -690,20 +773,34 @@ class Net:
                 if name not in keep:
                     free_after.setdefault(li, []).append(name)
         loss = 0.0
-        for li in range(s, e + 1):
-            loss += self.forward_layer(li)
-            if on_layer is not None:
-                on_layer(li)
-            for name in free_after.get(li, ()):
-                self.blobs[name].free()
+        # in-place chains run fused unless each layer must be seen on its own
+        ends = {}
+        if on_layer is None and not self.check_finite:
+            self._chain_spans()
+            ends = self._span_end
+        li = s
+        while li <= e:
+            ran = self._forward_chain(li, min(ends[li], e)) if li in ends else 0
+            if not ran:
+                loss += self.forward_layer(li)
+                ran = 1
+            if timer is not None:
+                timer(range(li, li + ran))
+            for k in range(li, li + ran):
+                if on_layer is not None:
+                    on_layer(k)
+                for name in free_after.get(k, ()):
+                    self.blobs[name].free()
             if self.inference:
                 release_scratch()     # column buffers too: only one layer's at a time
+            li += ran
         self.loss = loss
         base = list(self.top_ids[e]) if end is not None else list(self.outputs)  # as pycaffe
         wanted = base + [b for b in (blobs or []) if b not in base]
         return OrderedDict((n, self.blobs[n].data) for n in wanted)
 
-    def backward(self, diffs=None, start=None, end=None, on_layer=None, **top_diffs):
+    def backward(self, diffs=None, start=None, end=None, on_layer=None, timer=None,
+                 **top_diffs):
         """Run backward from layer ``start`` down to ``end`` (inclusive).
 
         Keyword arguments set the diffs of output blobs first.  Returns a dict of
@@ -723,7 +820,18 @@ class Net:
             self.blobs[name].diff[...] = arr
         s = self._layer_index(start, len(self.layers) - 1)
         e = self._layer_index(end, 0)
-        for li in range(s, e - 1, -1):
+        starts = {}
+        if on_layer is None and not self.check_finite:
+            self._chain_spans()
+            starts = self._span_start
+        li = s
+        while li >= e:
+            ran = self._backward_chain(li, max(starts[li], e)) if li in starts else 0
+            if ran:
+                if timer is not None:
+                    timer(range(li, li - ran, -1))
+                li -= ran
+                continue
             if self.layer_need_backward[li]:
                 layer = self.layers[li]
                 self._call(li, layer.backward, self._tops(li), self.bottom_need_backward[li],
@@ -736,6 +844,9 @@ class Net:
                     self._watch(li, "backward", "diff of", arrays)
                 if on_layer is not None:
                     on_layer(li)
+                if timer is not None:
+                    timer((li,))
+            li -= 1
         base = list(self.bottom_ids[e]) if end is not None else list(self.inputs)  # as pycaffe
         wanted = base + [b for b in (diffs or []) if b not in base]
         return OrderedDict((n, self.blobs[n].diff) for n in wanted)

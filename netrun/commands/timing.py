@@ -18,10 +18,15 @@ from .common import build_net, echo, gather_inputs, json_option, load_arrays, ne
 def time_command(**o):
     """Benchmark a net: one warm-up, then per-layer forward and backward averages.
 
+    Layers run as in Net.forward/backward: a chain of in-place layers that netrun
+    runs together (BatchNorm -> Scale -> ReLU) is timed as one step, reported on its
+    first layer.  NaN/Inf watching is off unless --check-finite is given.
+
     The last lines are spelled as `caffe time` spells them
     (`Average Forward pass: X ms.`, `Average Backward pass: Y ms.`), so scripts that
     parse Caffe's output keep working.  --json prints one object instead: "layers"
-    (name, type, forward_ms, backward_ms: averages per iteration) and the
+    (name, type, forward_ms, backward_ms: averages per iteration; forward_/backward_fused_into:
+    the layer whose step ran it, or null) and the
     average_/median_ forward, backward and forward_backward times in ms.
 
     \b
@@ -30,30 +35,41 @@ def time_command(**o):
       netrun time models/lenet_deploy.prototxt -n 5 --json
     """
     arrays = load_arrays(o)
+    if o["check_finite"] is None:       # time the layers, as caffe time does: no NaN watch
+        o["check_finite"] = False
     net = build_net(o, arrays, backward=not o["forward_only"])
     if not o["forward_only"] and not net.blob_loss_weights and not net.force_backward:
         net.set_force_backward(True)
     for name, arr in gather_inputs(net, o, arrays).items():
         net.set_input(name, arr)
     n_layers = len(net.layers)
-    backward_layers = [li for li in range(n_layers - 1, -1, -1) if net.layer_need_backward[li]]
     seed_diffs = {} if net.blob_loss_weights else {
         name: 1.0 for name in net.outputs}
+    fused_into = ({}, {})    # forward, backward: layer -> the first of its fused chain
+
+    def clock(store, fused):
+        """A Net timer: each step's time goes to its first layer (a chain of in-place
+        layers runs as one step; its other layers get 0)."""
+        mark = [time.perf_counter()]
+
+        def tick(indices):
+            now = time.perf_counter()
+            indices = list(indices)
+            store[indices[0]].append(now - mark[0])
+            for k in indices[1:]:
+                store[k].append(0.0)
+                fused[k] = indices[0]
+            mark[0] = now
+        return tick
 
     def one_pass(fwd, bwd):
         t_start = time.perf_counter()
-        for li in range(n_layers):
-            t0 = time.perf_counter()
-            net.forward_layer(li)
-            fwd[li].append(time.perf_counter() - t0)
+        net.forward(timer=clock(fwd, fused_into[0]))
         t_mid = time.perf_counter()
         if not o["forward_only"]:
             for name, v in seed_diffs.items():
                 net.blobs[name].diff[...] = v
-            for li in backward_layers:
-                t0 = time.perf_counter()
-                net.backward(start=li, end=li)
-                bwd[li].append(time.perf_counter() - t0)
+            net.backward(timer=clock(bwd, fused_into[1]))
         t_end = time.perf_counter()
         return t_mid - t_start, t_end - t_mid
 
@@ -74,6 +90,10 @@ def time_command(**o):
             if not show_bar:
                 echo(o, f"Iteration: {it + 1} forward-backward time: {(f + b) * 1e3:.3f} ms.")
     ms = lambda xs: 1e3 * sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+
+    def fused_name(direction, li):
+        k = fused_into[direction].get(li)
+        return None if k is None else net.layers[k].name
     if o["as_json"]:
         f_all = [f for f, _ in totals]
         b_all = [b for _, b in totals]
@@ -82,7 +102,9 @@ def time_command(**o):
             "model": o["model"], "iterations": o["iterations"],
             "forward_only": bool(o["forward_only"]),
             "layers": [{"name": layer.name, "type": layer.type, "forward_ms": ms(fwd[li]),
-                        "backward_ms": ms(bwd[li]) if bwd[li] else None}
+                        "backward_ms": ms(bwd[li]) if bwd[li] else None,
+                        "forward_fused_into": fused_name(0, li),
+                        "backward_fused_into": fused_name(1, li)}
                        for li, layer in enumerate(net.layers)],
             "average_forward_ms": ms(f_all), "average_backward_ms": ms(b_all),
             "average_forward_backward_ms": ms(fb_all),
@@ -94,8 +116,10 @@ def time_command(**o):
     echo(o, "Average time per layer: ")
     width = max((len(n) for n in net.layer_names), default=10)
     for li, layer in enumerate(net.layers):
-        echo(o, f"{layer.name:>{width}}\tforward: {ms(fwd[li]):.5g} ms.")
-        echo(o, f"{layer.name:>{width}}\tbackward: {ms(bwd[li]):.5g} ms.")
+        notes = [f" (run with {n}, whose time includes it)" if n else ""
+                 for n in (fused_name(0, li), fused_name(1, li))]
+        echo(o, f"{layer.name:>{width}}\tforward: {ms(fwd[li]):.5g} ms.{notes[0]}")
+        echo(o, f"{layer.name:>{width}}\tbackward: {ms(bwd[li]):.5g} ms.{notes[1]}")
     f_all = [f for f, _ in totals]
     b_all = [b for _, b in totals]
     echo(o, f"Median Forward pass: {1e3 * statistics.median(f_all):.3f} ms.")

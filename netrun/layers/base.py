@@ -102,6 +102,21 @@ class Layer:
     def allow_force_backward(self, bottom_index):
         return True
 
+    # -- fusing in-place chains ------------------------------------------------------
+    # A layer whose work on its (num, channels, rest) blob is done channel by channel
+    # can offer it in pieces: the net then runs a chain of such layers in place on one
+    # blob (BatchNorm -> Scale -> ReLU) tile by tile, so the blob crosses memory once
+    # instead of once per layer.  The arithmetic of every element is unchanged.
+    def channel_forward(self, bottom, top):
+        """Prepare forward and return fn(lo, hi) computing it for channels [lo, hi) of
+        the (N, C, S) view, or None when this configuration cannot be cut so.  Must
+        not change any blob: the net may still fall back to forward()."""
+        return None
+
+    def channel_backward(self, top, propagate_down, bottom):
+        """As channel_forward, for backward (parameter gradients included)."""
+        return None
+
     # -- helpers for subclasses ------------------------------------------------------
     def new_param(self, shape, filler=None):
         """Create a learnable parameter blob filled by a FillerParameter."""

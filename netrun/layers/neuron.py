@@ -4,6 +4,8 @@ For an in-place layer ``top[0] is bottom[0]``: after forward the input values
 are gone, so a backward that needs them must keep what it needs (or read the
 output, when the output determines the gradient).
 """
+import math
+
 import numpy as np
 
 from ..errors import LayerError, check
@@ -54,6 +56,24 @@ class ReLU(NeuronLayer):
             flat_parts(lambda a, y: np.maximum(a, 0, out=y), x, top[0].data)
         else:
             top[0].data[...] = np.where(x > 0, x, x * self.dtype.type(self.slope))
+
+    def channel_dims(self, bottom):
+        shape = bottom[0].shape
+        return (shape[0], shape[1], math.prod(shape[2:])) if len(shape) >= 2 else None
+
+    def channel_forward(self, bottom, top):
+        dims = self.channel_dims(bottom)
+        if self.slope != 0 or dims is None:
+            return None
+        x, y = bottom[0].data.reshape(dims), top[0].data.reshape(dims)
+        return lambda lo, hi: np.maximum(x[:, lo:hi], 0, out=y[:, lo:hi])
+
+    def channel_backward(self, top, propagate_down, bottom):
+        dims = self.channel_dims(bottom)
+        if self.slope != 0 or dims is None or not propagate_down[0]:
+            return None
+        dy, x, dx = (a.reshape(dims) for a in (top[0].diff, bottom[0].data, bottom[0].diff))
+        return lambda lo, hi: np.multiply(dy[:, lo:hi], x[:, lo:hi] > 0, out=dx[:, lo:hi])
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:

@@ -75,9 +75,9 @@ def _spatial_tiles(shape, item_bytes):
     return tile_ranges(S, N * C * item_bytes, LRN_TILE_BYTES)
 
 
-def _kept_input(layer, bottom, top):
-    """In place, a copy of x for the backward pass (None otherwise, and when the net
-    runs this layer forward only)."""
+def _kept_buffer(layer, bottom, top):
+    """In place, a buffer for a copy of x for the backward pass (None otherwise, and
+    when the net runs this layer forward only); its contents are the caller's."""
     if top[0] is not bottom[0]:
         return None
     if not getattr(layer, "need_backward", True):
@@ -88,7 +88,14 @@ def _kept_input(layer, bottom, top):
     kept = getattr(layer, "_x", None)          # reuse last forward's buffer
     if kept is None or kept.shape != x.shape or kept.dtype != x.dtype:
         kept = np.empty_like(x)
-    np.copyto(kept, x)
+    return kept
+
+
+def _kept_input(layer, bottom, top):
+    """_kept_buffer holding a copy of x."""
+    kept = _kept_buffer(layer, bottom, top)
+    if kept is not None:
+        np.copyto(kept, bottom[0].data)
     return kept
 
 
@@ -282,42 +289,60 @@ class BatchNorm(Layer):
                              f"{bottom[0].shape} has {c}")
         top[0].reshape_like(bottom[0])
 
-    def forward(self, bottom, top):
+    def channel_dims(self, bottom):
+        return self._view(bottom[0].data).shape
+
+    def channel_forward(self, bottom, top):
+        if not self.use_global:
+            return None
         x = self._view(bottom[0].data)
         dt = self.dtype.type
-        if self.use_global:
-            s = self.blobs[2].data.reshape(-1)[0]
-            f = dt(0) if s == 0 else dt(1) / s
-            mean = self.blobs[0].data * f
-            var = self.blobs[1].data * f
-            std = np.sqrt(var + dt(self.eps))
-            self._std, self._xnorm = std, None
-            # y = (x - mean) / std in place in the top (in place on x when it is x)
-            out = self._view(top[0].data)
-            m3, s3 = mean[None, :, None], std[None, :, None]
+        s = self.blobs[2].data.reshape(-1)[0]
+        f = dt(0) if s == 0 else dt(1) / s
+        mean = self.blobs[0].data * f
+        var = self.blobs[1].data * f
+        std = np.sqrt(var + dt(self.eps))
+        self._std, self._xnorm = std, None
+        # y = (x - mean) / std in place in the top (in place on x when it is x)
+        out = self._view(top[0].data)
+        m3, s3 = mean[None, :, None], std[None, :, None]
 
-            def part(lo, hi):
-                o = out[:, lo:hi]
-                np.subtract(x[:, lo:hi], m3[:, lo:hi], out=o)
-                np.divide(o, s3[:, lo:hi], out=o)
-            channel_tiles(part, *out.shape, out.itemsize)
+        def part(lo, hi):
+            o = out[:, lo:hi]
+            np.subtract(x[:, lo:hi], m3[:, lo:hi], out=o)
+            np.divide(o, s3[:, lo:hi], out=o)
+        return part
+
+    def channel_backward(self, top, propagate_down, bottom):
+        if not (self.use_global and propagate_down[0]):
+            return None
+        dy = self._view(top[0].diff)
+        std = self._std[None, :, None]
+        out = self._view(bottom[0].diff)
+        return lambda lo, hi: np.divide(dy[:, lo:hi], std[:, lo:hi], out=out[:, lo:hi])
+
+    def forward(self, bottom, top):
+        part = self.channel_forward(bottom, top)
+        if part is not None:
+            channel_tiles(part, *self._view(top[0].data).shape, top[0].data.itemsize)
             return
-        else:
-            mean = x.mean(axis=(0, 2), dtype=F64).astype(self.dtype)
-            xc = x - mean[None, :, None]
-            var = np.square(xc).mean(axis=(0, 2), dtype=F64).astype(self.dtype)
-            maf = dt(self.maf)
-            b2 = self.blobs[2].data
-            b2 *= maf
-            b2 += dt(1)
-            b0 = self.blobs[0].data
-            b0 *= maf
-            b0 += mean
-            m = x.size // self.channels
-            corr = dt(m / (m - 1) if m > 1 else 1)
-            b1 = self.blobs[1].data
-            b1 *= maf
-            b1 += corr * var
+        x = self._view(bottom[0].data)
+        dt = self.dtype.type
+        mean = x.mean(axis=(0, 2), dtype=F64).astype(self.dtype)
+        xc = x - mean[None, :, None]
+        var = np.square(xc).mean(axis=(0, 2), dtype=F64).astype(self.dtype)
+        maf = dt(self.maf)
+        b2 = self.blobs[2].data
+        b2 *= maf
+        b2 += dt(1)
+        b0 = self.blobs[0].data
+        b0 *= maf
+        b0 += mean
+        m = x.size // self.channels
+        corr = dt(m / (m - 1) if m > 1 else 1)
+        b1 = self.blobs[1].data
+        b1 *= maf
+        b1 += corr * var
         std = np.sqrt(var + dt(self.eps))
         y = xc / std[None, :, None]
         self._std = std
@@ -328,14 +353,13 @@ class BatchNorm(Layer):
         # never touches self.blobs[k].diff: the statistics get no gradient
         if not propagate_down[0]:
             return
+        part = self.channel_backward(top, propagate_down, bottom)
+        if part is not None:
+            channel_tiles(part, *self._view(top[0].diff).shape, top[0].diff.itemsize)
+            return
         dy = self._view(top[0].diff)
         std = self._std[None, :, None]
         out = self._view(bottom[0].diff)
-        if self.use_global:
-            channel_tiles(lambda lo, hi: np.divide(dy[:, lo:hi], std[:, lo:hi],
-                                                   out=out[:, lo:hi]),
-                          *out.shape, out.itemsize)
-            return
         y = self._xnorm
         m_dy = dy.mean(axis=(0, 2), dtype=F64).astype(self.dtype)[None, :, None]
         m_dyy = (dy * y).mean(axis=(0, 2), dtype=F64).astype(self.dtype)[None, :, None]
@@ -428,43 +452,75 @@ class Scale(Layer):
                                       f"scale's {self._scale_blob(bottom).shape}")
         top[0].reshape_like(bottom[0])
 
-    def forward(self, bottom, top):
+    def channel_dims(self, bottom):
+        return self.dims
+
+    def channel_forward(self, bottom, top):
+        """Per channel range (the (outer, dim, inner) view's dim axis): keep x when in
+        place, y = x * s, y += b."""
         outer, dim, inner = self.dims
-        x = bottom[0].data
-        self._x = _kept_input(self, bottom, top)
+        kept = _kept_buffer(self, bottom, top)
+        self._x = kept
+        k3 = None if kept is None else kept.reshape(outer, dim, inner)
         s = self._scale_blob(bottom).data.reshape(1, dim, 1)
         y = top[0].data.reshape(outer, dim, inner)
-        x3 = x.reshape(outer, dim, inner)
+        x3 = bottom[0].data.reshape(outer, dim, inner)
         b = self.blobs[-1].data.reshape(1, dim, 1) if self.bias_term else None
 
         def part(lo, hi):
+            if k3 is not None:
+                np.copyto(k3[:, lo:hi], x3[:, lo:hi])
             yt = y[:, lo:hi]
             np.multiply(x3[:, lo:hi], s[:, lo:hi], out=yt)
             if b is not None:
                 yt += b[:, lo:hi]
-        channel_tiles(part, outer, dim, inner, y.itemsize)
+        return part
+
+    def forward(self, bottom, top):
+        outer, dim, inner = self.dims
+        channel_tiles(self.channel_forward(bottom, top), outer, dim, inner,
+                      top[0].data.itemsize)
+
+    def channel_backward(self, top, propagate_down, bottom):
+        """Per channel range: db += sum dy, ds += sum dy * x, dx = dy * s (one bottom)."""
+        if len(bottom) > 1:
+            return None
+        outer, dim, inner = self.dims
+        dy = top[0].diff.reshape(outer, dim, inner)
+        db = (self.blobs[-1].diff.reshape(dim)
+              if self.bias_term and self.param_propagate_down[-1] else None)
+        ds = self.blobs[0].diff.reshape(dim) if self.param_propagate_down[0] else None
+        x = None if ds is None else _input_of(self, bottom, top).reshape(outer, dim, inner)
+        s = self.blobs[0].data.reshape(1, dim, 1)
+        dx = bottom[0].diff.reshape(outer, dim, inner) if propagate_down[0] else None
+
+        def part(lo, hi):
+            d = dy[:, lo:hi]
+            if db is not None:
+                db[lo:hi] += _channel_sums(d)
+            if ds is not None:
+                ds[lo:hi] += np.einsum("ijk,ijk->j", d, x[:, lo:hi])   # no temporary
+            if dx is not None:
+                np.multiply(d, s[:, lo:hi], out=dx[:, lo:hi])
+        return part
 
     def backward(self, top, propagate_down, bottom):
         outer, dim, inner = self.dims
+        part = self.channel_backward(top, propagate_down, bottom)
+        if part is not None:
+            channel_tiles(part, outer, dim, inner, top[0].diff.itemsize)
+            return
         dy = top[0].diff.reshape(outer, dim, inner)
         if self.bias_term and self.param_propagate_down[-1]:
             b = self.blobs[-1].diff.reshape(dim)
             b += _channel_sums(dy)
-        two = len(bottom) > 1
-        sblob = self._scale_blob(bottom)
-        if (two and propagate_down[1]) or (not two and self.param_propagate_down[0]):
+        sblob = bottom[1]
+        if propagate_down[1]:
             x = _input_of(self, bottom, top).reshape(outer, dim, inner)
-            ds = np.einsum("ijk,ijk->j", dy, x)          # one pass, no temporary
-            if two:
-                sblob.diff[...] = ds.reshape(sblob.shape)
-            else:
-                sblob.diff.reshape(dim)[...] += ds
+            sblob.diff[...] = np.einsum("ijk,ijk->j", dy, x).reshape(sblob.shape)
         if propagate_down[0]:
             s = sblob.data.reshape(1, dim, 1)
-            dx = bottom[0].diff.reshape(outer, dim, inner)
-            channel_tiles(lambda lo, hi: np.multiply(dy[:, lo:hi], s[:, lo:hi],
-                                                     out=dx[:, lo:hi]),
-                          outer, dim, inner, dx.itemsize)
+            np.multiply(dy, s, out=bottom[0].diff.reshape(outer, dim, inner))
 
 
 @register("Bias")
