@@ -369,3 +369,34 @@ def test_spp_levels_and_gradient():
     layer, bottom, top, _ = make('type: "SPP" spp_param { pyramid_height: 1 pool: AVE }',
                                  [(1, 2, 5, 4)])
     assert run(layer, bottom, top)[0].shape == (1, 2, 1, 1)
+
+
+@pytest.mark.parametrize("H,W,k,s,p,d,num,G", [
+    (14, 14, 3, 1, 1, 1, 1, 8), (15, 13, 3, 2, 1, 1, 2, 5), (7, 9, 5, 2, 2, 1, 3, 4),
+    (9, 9, 3, 1, 2, 2, 1, 3), (8, 6, 3, 3, 0, 1, 2, 2), (6, 7, 3, 2, 0, 2, 2, 4),
+    (1, 1, 3, 1, 1, 1, 2, 2)])
+def test_depthwise_wide_layout_matches_the_offset_loop(H, W, k, s, p, d, num, G, monkeypatch):
+    """The flat-plane (wide) depthwise kernels give the per-offset loop's numbers:
+    forward and input gradient bit for bit (same order of sums), weight gradient
+    to float32 rounding (its sums run along whole planes)."""
+    from netrun.layers.vision import ConvGeometry
+    rng = np.random.default_rng(0)
+    g = ConvGeometry((k, k), (s, s), (p, p), (d, d))
+    x = rng.standard_normal((num, G, H, W)).astype(np.float32)
+    w = rng.standard_normal((G, 1, k, k)).astype(np.float32)
+    osp = g.conv_out((H, W))
+    dy = rng.standard_normal((num, G) + osp).astype(np.float32)
+
+    def run():
+        prep = g.prepare(x, osp, G)
+        return (prep[0], g.conv_forward(prep, w, G, num, osp).copy(),
+                g.conv_backward_data(dy, w, G, (H, W)).copy(),
+                g.conv_weight_grad(g.prepare(x, osp, G, backward=True), dy, G).copy())
+    kind, y, dx, dw = run()
+    assert kind == "dw-wide"
+    monkeypatch.setattr(ConvGeometry, "_wide_ok", lambda self, in_sp: False)
+    kind0, y0, dx0, dw0 = run()
+    assert kind0 == "dw"
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(dx, dx0)
+    np.testing.assert_allclose(dw, dw0, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..errors import LayerError, check
 from .base import Layer, canonical_axis, register
-from ._tiles import flat_parts
+from ._tiles import flat_parts, run_tiles
 
 ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX = 0, 1, 2
 
@@ -229,10 +229,14 @@ def accumulate_outer(out, a, b):
         else:
             np.matmul(a[:, r0:r1].T, b, out=blk)
         out[r0:r1] += blk
+    blocks = [(r0, min(P, r0 + rows)) for r0 in range(0, P, rows)]
+    if M == 1:                  # memory-bound outer products: all cores
+        run_tiles(block, blocks)
+        return
     # one block after the other: GEMMs from two threads at once make OpenBLAS's
     # threads fight over the cores (measured 5x slower)
-    for r0 in range(0, P, rows):
-        block(r0, min(P, r0 + rows))
+    for r0, r1 in blocks:
+        block(r0, r1)
 
 
 @register("Softmax")

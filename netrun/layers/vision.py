@@ -269,6 +269,8 @@ class ConvGeometry:
         the transposed columns (G, num*P, Cg*K), or the padded input (depthwise);
         for the weight gradient of a 1x1 convolution over large planes, x itself."""
         if x.shape[1] == group and not self.is_1x1:     # one input channel per group
+            if self._wide_ok(x.shape[2:]):
+                return ("dw-wide", x)
             return ("dw", self.padded(x, out_sp))
         if self.is_1x1:
             num, C = x.shape[:2]
@@ -293,7 +295,11 @@ class ConvGeometry:
         kind, a = prep
         Co, Cg = w.shape[:2]
         G, Og, P = group, Co // group, _prod(out_sp)
-        if kind == "dw":
+        if kind == "dw-wide" and Og == 1:
+            y = self._dw_wide_forward(a, w, out_sp)
+        elif kind == "dw-wide":
+            y = self._dw_forward(self.padded(a, out_sp), w, G, num, out_sp)
+        elif kind == "dw":
             y = self._dw_forward(a, w, G, num, out_sp)
         else:
             wt = w.reshape(G, Og, -1).transpose(0, 2, 1)              # (G, Cg*K, Og)
@@ -337,6 +343,8 @@ class ConvGeometry:
         if self.is_1x1:                                 # one GEMM per image, no copies
             np.matmul(wt, dy.reshape(num, G, Og, P), out=out.reshape(num, G, Cg, P))
             return out
+        if Cg == 1 and Og == 1 and self._wide_ok(in_sp):
+            return self._dw_wide_backward_data(dy, w, in_sp, out)
         if Cg == 1:
             out[...] = self._dw_backward_data(dy, w, G, in_sp)
             return out
@@ -357,6 +365,10 @@ class ConvGeometry:
         num, Co = dy.shape[:2]
         out_sp = dy.shape[2:]
         G, Og, P = group, Co // group, _prod(out_sp)
+        if kind == "dw-wide" and Og == 1:
+            return self._dw_wide_weight_grad(a, dy)
+        if kind == "dw-wide":
+            return self._dw_weight_grad(self.padded(a, out_sp), dy, G)
         if kind == "dw":
             return self._dw_weight_grad(a, dy, G)
         kernel = (1,) * self.nsp if self.is_1x1 else self.kernel
@@ -373,6 +385,96 @@ class ConvGeometry:
         if dyg is None:
             dyg = self.group_major(dy, G)
         return np.matmul(dyg, a).reshape((Co, Cg) + kernel)
+
+    # -- depthwise, 2-D with equal strides: each plane as one flat row -----------------
+    # The padded plane (Hp, Wp) read by kernel offset (i, j) for output (r, q) is
+    # flat[i d Wp + j d + s (r Wp + q)]: one strided slice of length
+    # L = (oh - 1) Wp + ow for all outputs, in a "wide" grid of rows Wp long whose
+    # columns q >= ow are discarded.  Long rows instead of one short row per output
+    # line: a 14x14 plane costs 9 multiply-adds of 200 elements, not 126 of 14.
+    def _wide_ok(self, in_sp):
+        return self.nsp == 2 and self.stride[0] == self.stride[1] and all(in_sp)
+
+    def _wide(self, in_sp, out_sp):
+        """(Hp, Wp, L, [(k, flat slice)]) of the wide layout."""
+        pads = self._pads(in_sp, out_sp)
+        Hp, Wp = (n + lo + hi for n, (lo, hi) in zip(in_sp, pads))
+        s = self.stride[0]
+        L = (out_sp[0] - 1) * Wp + out_sp[1]
+        offs = []
+        for ki, (i, j) in enumerate(np.ndindex(*self.kernel)):
+            b = i * self.dilation[0] * Wp + j * self.dilation[1]
+            offs.append((ki, slice(b, b + s * (L - 1) + 1, s)))
+        return Hp, Wp, L, offs
+
+    def _plane_weights(self, w, num):
+        """w (G, 1, kh, kw) as one row of K weights per (image, channel) plane."""
+        G = w.shape[0]
+        return np.broadcast_to(w.reshape(1, G, self.K), (num, G, self.K)).reshape(num * G,
+                                                                                   self.K)
+
+    def _wide_dy(self, dy, Wp):
+        """dy (num, G, oh, ow) in a wide grid (num*G, oh*Wp), zero in the extra columns."""
+        num, G, oh, ow = dy.shape
+        wide = scratch("dw_dy", (num * G, oh, Wp), dy.dtype)
+        wide[:, :, ow:] = 0
+        parallel_copyto(wide[:, :, :ow], dy.reshape(num * G, oh, ow))
+        return wide.reshape(num * G, oh * Wp)
+
+    def _dw_wide_forward(self, x, w, out_sp):
+        num, G = x.shape[:2]
+        oh, ow = out_sp
+        Hp, Wp, L, offs = self._wide(x.shape[2:], out_sp)
+        xf = self.padded_scratch(x, out_sp, "dw_pad").reshape(num * G, Hp * Wp)
+        wk = self._plane_weights(w, num)
+        wide = scratch("dw_out", (num * G, oh * Wp), x.dtype)
+
+        def planes(lo, hi):
+            acc, tmp = wide[lo:hi, :L], np.empty((hi - lo, L), x.dtype)
+            for ki, sl in offs:                     # Caffe's k order: x0 w0 + x1 w1 + ...
+                if ki == 0:
+                    np.multiply(xf[lo:hi, sl], wk[lo:hi, ki:ki + 1], out=acc)
+                else:
+                    np.multiply(xf[lo:hi, sl], wk[lo:hi, ki:ki + 1], out=tmp)
+                    acc += tmp
+        run_tiles(planes, tile_ranges(num * G, Hp * Wp * x.itemsize, POOL_TILE_BYTES))
+        return wide.reshape(num, G, oh, Wp)[..., :ow]
+
+    def _dw_wide_backward_data(self, dy, w, in_sp, out):
+        num, G = dy.shape[:2]
+        out_sp = dy.shape[2:]
+        Hp, Wp, L, offs = self._wide(in_sp, out_sp)
+        dyw = self._wide_dy(dy, Wp)
+        wk = self._plane_weights(w, num)
+        acc = scratch("dw_acc", (num * G, Hp, Wp), dy.dtype)
+        (plo, _), (wlo, _) = self._pads(in_sp, out_sp)
+        H, W = in_sp
+        o3 = out.reshape(num * G, H, W)
+
+        def planes(lo, hi):
+            a = acc[lo:hi].reshape(hi - lo, Hp * Wp)
+            a.fill(0)
+            tmp = np.empty((hi - lo, L), dy.dtype)
+            for ki, sl in offs:       # each input adds its reads in kernel order
+                np.multiply(dyw[lo:hi, :L], wk[lo:hi, ki:ki + 1], out=tmp)
+                a[:, sl] += tmp
+            np.copyto(o3[lo:hi], acc[lo:hi, plo:plo + H, wlo:wlo + W])
+        run_tiles(planes, tile_ranges(num * G, Hp * Wp * dy.itemsize, POOL_TILE_BYTES))
+        return out
+
+    def _dw_wide_weight_grad(self, x, dy):
+        num, G = x.shape[:2]
+        out_sp = dy.shape[2:]
+        Hp, Wp, L, offs = self._wide(x.shape[2:], out_sp)
+        xf = self.padded_scratch(x, out_sp, "dw_pad").reshape(num * G, Hp * Wp)
+        dyw = self._wide_dy(dy, Wp)
+        dw = np.empty((num * G, self.K), dy.dtype)
+
+        def planes(lo, hi):
+            for ki, sl in offs:
+                dw[lo:hi, ki] = np.einsum("pl,pl->p", dyw[lo:hi, :L], xf[lo:hi, sl])
+        run_tiles(planes, tile_ranges(num * G, Hp * Wp * dy.itemsize, POOL_TILE_BYTES))
+        return dw.reshape(num, G, self.K).sum(axis=0).reshape((G, 1) + self.kernel)
 
     # -- depthwise (one conv-input channel per group): loop over kernel offsets ---------
     def _dw_forward(self, xp, w, G, num, out_sp):
