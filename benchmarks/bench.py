@@ -146,16 +146,18 @@ def per_layer(net, batch, r, iterations, top=8):
     types = {}
     for l in layers:
         f, b = types.get(l["type"], (0.0, 0.0))
-        types[l["type"]] = (f + l["forward_ms"], b + l["backward_ms"])
+        types[l["type"]] = (f + l["forward_ms"], b + (l["backward_ms"] or 0.0))
     lines = [f"**{net}, batch {batch}** (`netrun time -n {iterations}`: average forward "
              f"{data['average_forward_ms']:.1f} ms, backward {data['average_backward_ms']:.1f} ms)", "",
+             "A BatchNorm -> Scale -> ReLU chain runs as one step, timed on its first layer "
+             "(forward: BatchNorm, backward: ReLU).", "",
              "| layer type | forward ms | backward ms |", "|---|---|---|"]
     for t, (f, b) in sorted(types.items(), key=lambda kv: -sum(kv[1]))[:top]:
         lines.append(f"| {t} | {f:.1f} | {b:.1f} |")
     lines += ["", "| slowest layers | type | forward ms | backward ms |", "|---|---|---|---|"]
-    for l in sorted(layers, key=lambda l: -(l["forward_ms"] + l["backward_ms"]))[:top]:
+    for l in sorted(layers, key=lambda l: -(l["forward_ms"] + (l["backward_ms"] or 0)))[:top]:
         lines.append(f"| {l['name']} | {l['type']} | {l['forward_ms']:.2f} | "
-                     f"{l['backward_ms']:.2f} |")
+                     f"{l['backward_ms'] or 0:.2f} |")
     return lines + [""]
 
 
@@ -176,7 +178,8 @@ def machine():
     except OSError:
         pass
     env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                                      "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+                                                      "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                      "OPENBLAS_THREAD_TIMEOUT", "NETRUN_THREADS")
                     if k in os.environ) or "no OPENBLAS_*/OMP_* variables set"
     return (f"{platform.machine()} {cpu}, {len(os.sched_getaffinity(0))} cores, Python "
             f"{platform.python_version()}, numpy {np.__version__}"
@@ -232,8 +235,9 @@ def main():
         lines += ["| net | batch | forward ms | peak RSS MB (default) | peak RSS MB (--low-memory) | ratio |",
                   "|---|---|---|---|---|---|"]
     else:
-        head = "| net | batch | forward ms | Caffe | ratio | backward ms | Caffe | ratio | peak RSS MB |"
-        rule = "|---|---|---|---|---|---|---|---|---|"
+        head = ("| net | batch | forward ms | Caffe | ratio | backward ms | Caffe | ratio | "
+                "peak RSS MB | GEMM GF/s |")
+        rule = "|---|---|---|---|---|---|---|---|---|---|"
         if args.torch:
             head += " PyTorch fwd | PyTorch bwd |"
             rule += "---|---|"
@@ -252,16 +256,17 @@ def main():
                     lines.append(f"| {net} | {batch} | {a['forward']:.1f} | {a['rss_mb']:.0f} | "
                                  f"{b['rss_mb']:.0f} | {b['rss_mb'] / a['rss_mb']:.2f} |")
             else:
+                gf = gemm_gflops(reps=3)        # the machine's state for this row
                 r = run_child(net, batch, args.iterations)
                 cf, cb = CAFFE[(net, batch)]
                 if "error" not in r and (r["forward"] > cf or r["backward"] > cb):
                     slow.append((net, batch, r))
                 if "error" in r:
-                    line = f"| {net} | {batch} | error: {r['error']} | {cf} | | | {cb} | | |"
+                    line = f"| {net} | {batch} | error: {r['error']} | {cf} | | | {cb} | | | |"
                 else:
                     line = (f"| {net} | {batch} | {r['forward']:.1f} | {cf} | "
                             f"{r['forward'] / cf:.2f} | {r['backward']:.1f} | {cb} | "
-                            f"{r['backward'] / cb:.2f} | {r['rss_mb']:.0f} |")
+                            f"{r['backward'] / cb:.2f} | {r['rss_mb']:.0f} | {gf:.0f} |")
                 if args.torch:
                     t = run_child(net, batch, args.iterations, ["--engine", "torch"])
                     line += (f" error: {t['error']} | |" if "error" in t else

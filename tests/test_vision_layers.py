@@ -400,3 +400,37 @@ def test_depthwise_wide_layout_matches_the_offset_loop(H, W, k, s, p, d, num, G,
     np.testing.assert_array_equal(y, y0)
     np.testing.assert_array_equal(dx, dx0)
     np.testing.assert_allclose(dw, dw0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("H,W,k,s,p,ceil", [
+    (9, 9, 3, 2, 0, True), (10, 7, 3, 2, 1, True), (11, 13, 3, 3, 1, False),
+    (8, 8, 2, 2, 0, True), (12, 9, 5, 4, 2, True), (7, 7, 3, 1, 1, True), (5, 6, 4, 3, 0, True),
+    (2, 3, 3, 2, 1, True)])
+def test_pool_phase_planes_match_the_offset_loop(H, W, k, s, p, ceil, monkeypatch):
+    """Strided pooling on s x s phase planes (one contiguous slice per window offset)
+    gives the per-offset loop's numbers bit for bit: MAX values and first-maximum
+    index (ties, NaN, -inf and all -FLT_MAX windows included), AVE values and both
+    backward passes."""
+    from netrun.layers import vision as V
+    rng = np.random.default_rng(7)
+    x = rng.integers(-3, 4, size=(2, 3, H, W)).astype(np.float32)     # many ties
+    x[0, 0, 0, :2] = np.nan
+    x[1, 2, -1, -1] = -np.inf
+    x[0, 1] = -3.4028235e38                                           # -FLT_MAX plane
+    g = V.PoolGeometry(H, W, (k, k), (s, s), (p, p), ceil)
+    dy = rng.standard_normal((2, 3) + g.out_shape).astype(np.float32)
+
+    def run():
+        y, sel = V.max_pool_select(x, g)
+        idx = V.select_to_index(sel, g, y.shape)
+        dx = V.max_pool_backward(dy, sel, g, np.empty_like(x))
+        with np.errstate(over="ignore", invalid="ignore"):    # sums of -FLT_MAX: -inf
+            ya = V.ave_pool(x, g)
+        dxa = V.ave_pool_backward(dy, g)
+        return y.copy(), idx.copy(), dx.copy(), ya.copy(), dxa.copy()
+    assert V._WidePlan.usable(g, 6)
+    wide = run()
+    monkeypatch.setattr(V._WidePlan, "usable", staticmethod(lambda g, NC: False))
+    loop = run()
+    for a, b, what in zip(wide, loop, ("max", "index", "max backward", "ave", "ave backward")):
+        np.testing.assert_array_equal(a, b, err_msg=what)

@@ -985,66 +985,92 @@ def max_pool(x, g, out=None):
 
 
 class _WidePlan:
-    """Pooling on the padded input seen as one flat row per (n, c) plane.
+    """Pooling on the padded input seen as flat rows, one per (n, c) plane.
 
-    With equal strides s, the input read by window offset (i, j) for output (r, q)
-    is flat[(r s + i) Wp + q s + j] = flat[i Wp + j + s (r Wp + q)]: a single strided
-    slice of length L = (oh - 1) Wp + ow for every output at once, in a "wide" grid of
-    rows Wp long whose columns q >= ow are discarded.  Small planes then cost a few
-    long numpy loops instead of one short loop per row."""
+    With equal strides s the padded plane is first split into its s x s phases
+    (rows and columns taken every s-th, from offsets a, b < s), each (Hq, Wq) =
+    (ceil(Hp / s), ceil(Wp / s)).  Window offset (i, j) of output (r, q) reads
+    padded (r s + i, q s + j): phase (i mod s, j mod s) at (r + i div s, q + j div s),
+    i.e. flat index base(i, j) + r Wq + q.  So every offset is ONE contiguous slice of
+    length L = (oh - 1) Wq + ow for all outputs at once, in a "wide" grid of rows Wq
+    long whose columns q >= ow are discarded: a few long unit-stride numpy loops
+    instead of one short strided loop per output row (s = 1 needs no split)."""
 
     def __init__(self, g, NC):
         self.g, self.NC = g, NC
         self.Hp, self.Wp = g.padded_shape()
-        self.L = (g.oh - 1) * self.Wp + g.ow
-        self.s = g.sh
-        # (k, flat slice) per window offset, row-major
-        self.offsets = [(i * g.kw + j, slice(i * self.Wp + j,
-                                             i * self.Wp + j + self.s * (self.L - 1) + 1,
-                                             self.s))
-                        for i in range(g.kh) for j in range(g.kw)]
+        s = self.s = g.sh
+        self.Hq, self.Wq = -(-self.Hp // s), -(-self.Wp // s)
+        self.L = (g.oh - 1) * self.Wq + g.ow
+        self.size = s * s * self.Hq * self.Wq          # one plane's phases, flat
+        plane = self.Hq * self.Wq
+        self.offsets = []                              # (k, flat slice), row-major k
+        for i in range(g.kh):
+            for j in range(g.kw):
+                b = ((i % s) * s + j % s) * plane + (i // s) * self.Wq + j // s
+                self.offsets.append((i * g.kw + j, slice(b, b + self.L)))
 
     @staticmethod
     def usable(g, NC):
-        return (g.sh == g.sw and NC > 0 and g.oh > 0 and g.ow > 0
-                and (g.sw == 1 or g.ow <= 16))
+        # (a stride above 4: few phases are ever read; the offset loop does less)
+        return g.sh == g.sw <= 4 and NC > 0 and g.oh > 0 and g.ow > 0
+
+    @staticmethod
+    def row(g):
+        """Length of a wide grid's rows."""
+        return -(-g.padded_shape()[1] // g.sh)
 
     def padded(self, x, value, name):
-        """(NC, Hp*Wp) scratch copy of x with ``value`` around it."""
-        g = self.g
-        xp = scratch(name, (self.NC, self.Hp, self.Wp), x.dtype)
-        xp[:, :g.ph] = value
-        xp[:, g.ph + g.H:] = value
-        xp[:, g.ph:g.ph + g.H, :g.pw] = value
-        xp[:, g.ph:g.ph + g.H, g.pw + g.W:] = value
-        xp[:, g.ph:g.ph + g.H, g.pw:g.pw + g.W] = x.reshape(self.NC, g.H, g.W)
-        return xp.reshape(self.NC, self.Hp * self.Wp)
+        """(NC, size) scratch: x with ``value`` around it, split into phases."""
+        g, s = self.g, self.s
+        full = scratch(name + ("" if s == 1 else "_full"),
+                       (self.NC, self.Hq * s, self.Wq * s), x.dtype)
+        full[:, :g.ph] = value
+        full[:, g.ph + g.H:] = value
+        full[:, g.ph:g.ph + g.H, :g.pw] = value
+        full[:, g.ph:g.ph + g.H, g.pw + g.W:] = value
+        full[:, g.ph:g.ph + g.H, g.pw:g.pw + g.W] = x.reshape(self.NC, g.H, g.W)
+        if s == 1:
+            return full.reshape(self.NC, self.size)
+        phases = scratch(name, (self.NC, s, s, self.Hq, self.Wq), x.dtype)
+        for a in range(s):
+            for b in range(s):
+                np.copyto(phases[:, a, b], full[:, a::s, b::s])
+        return phases.reshape(self.NC, self.size)
 
     def grid(self, dtype, name=None):
-        """A wide output grid (NC, oh*Wp) and its computed part (NC, L)."""
-        shape = (self.NC, self.g.oh * self.Wp)
+        """A wide output grid (NC, oh*Wq) and its computed part (NC, L)."""
+        shape = (self.NC, self.g.oh * self.Wq)
         a = scratch(name, shape, dtype) if name else np.empty(shape, dtype)
         return a, a[:, :self.L]
 
     def crop(self, wide, out):
         """The (N, C, oh, ow) outputs of a wide grid, copied into ``out``."""
         g = self.g
-        np.copyto(out, wide.reshape(out.shape[:2] + (g.oh, self.Wp))[..., :g.ow])
+        np.copyto(out, wide.reshape(out.shape[:2] + (g.oh, self.Wq))[..., :g.ow])
         return out
 
     def spread(self, a, name):
         """(N, C, oh, ow) -> wide grid with zeros in the discarded columns."""
         g = self.g
         wide, part = self.grid(a.dtype, name)
-        w3 = wide.reshape(self.NC, g.oh, self.Wp)
+        w3 = wide.reshape(self.NC, g.oh, self.Wq)
         w3[:, :, g.ow:] = 0
         w3[:, :, :g.ow] = a.reshape(self.NC, g.oh, g.ow)
         return part
 
-    def unpad(self, xp_flat, out):
-        g = self.g
-        v = xp_flat.reshape(self.NC, self.Hp, self.Wp)[:, g.ph:g.ph + g.H, g.pw:g.pw + g.W]
-        np.copyto(out, v.reshape(out.shape))
+    def unpad(self, flat, out):
+        """(NC, size) phases of a padded plane -> its unpadded part, into ``out``."""
+        g, s = self.g, self.s
+        if s == 1:
+            full = flat.reshape(self.NC, self.Hq, self.Wq)
+        else:
+            phases = flat.reshape(self.NC, s, s, self.Hq, self.Wq)
+            full = scratch("pool_full", (self.NC, self.Hq * s, self.Wq * s), flat.dtype)
+            for a in range(s):
+                for b in range(s):
+                    np.copyto(full[:, a::s, b::s], phases[:, a, b])
+        np.copyto(out, full[:, g.ph:g.ph + g.H, g.pw:g.pw + g.W].reshape(out.shape))
         return out
 
 
@@ -1058,7 +1084,9 @@ def _sel_dtype(g):
 
 # Pooling runs over tiles of whole (n, c) planes whose input fits in the caches: its
 # K-pass kernels then read memory once instead of K times (3x faster for big batches).
-POOL_TILE_BYTES = 1 << 20
+# Measured on 2 cores: 2 MB tiles beat 1 MB (fewer numpy calls) and 256 KB is 2-3x
+# slower than either (each call's overhead outweighs the cache).
+POOL_TILE_BYTES = 2 << 20
 
 
 def _plane_tiles(NC, plane_bytes):
@@ -1085,8 +1113,8 @@ def max_pool_select(x, g, out=None, select=True):
     wide = _WidePlan.usable(g, NC)
     sel = None
     if select:
-        Wp = g.padded_shape()[1]
-        sel = np.zeros((NC, g.oh * Wp) if wide else (N, C) + g.out_shape, _sel_dtype(g))
+        sel = np.zeros((NC, g.oh * _WidePlan.row(g)) if wide else (N, C) + g.out_shape,
+                       _sel_dtype(g))
     xs, ys = _planes(x), _planes(y)
     ss = None if sel is None else (sel if wide else _planes(sel))
     run_tiles(lambda lo, hi: _max_pool_tile(xs[lo:hi], g, ys[lo:hi],
@@ -1129,8 +1157,7 @@ def select_to_index(sel, g, shape):
     """In-plane index h*W + w (int64, -1: none, ``shape`` (N, C, oh, ow)) from
     max_pool_select's sel."""
     if sel.ndim == 2:                                  # wide layout
-        Wp = g.padded_shape()[1]
-        sel = sel.reshape(tuple(shape[:2]) + (g.oh, Wp))[..., :g.ow]
+        sel = sel.reshape(tuple(shape[:2]) + (g.oh, _WidePlan.row(g)))[..., :g.ow]
     i, j = np.divmod(np.arange(g.K + 1, dtype=np.int64) - 1, g.kw)
     lut = i * g.W + j                    # sel -> delta (kh W + kw)
     idx = lut[sel] + g.window_base()
@@ -1159,7 +1186,7 @@ def _max_pool_backward_tile(dy, sel, g, dx, wide, finite):
     if wide:
         plan = _WidePlan(g, dy.shape[0])
         dyv = plan.spread(dy, "pool_out")
-        acc = scratch("pool_in", (dy.shape[0], plan.Hp * plan.Wp), dy.dtype)
+        acc = scratch("pool_in", (dy.shape[0], plan.size), dy.dtype)
         acc.fill(0)
         selv = sel[:, :plan.L]
         steps = [(k, _ALL, acc[:, sl]) for k, sl in plan.offsets]
@@ -1240,7 +1267,7 @@ def ave_pool_backward(dy, g, dx=None):
         if wide:
             plan = _WidePlan(g, hi - lo)
             sv = plan.spread(st, "pool_out")
-            acc = scratch("pool_in", (hi - lo, plan.Hp * plan.Wp), dy.dtype)
+            acc = scratch("pool_in", (hi - lo, plan.size), dy.dtype)
             acc.fill(0)
             for _, sl in reversed(plan.offsets):    # each input: windows in raster order
                 acc[:, sl] += sv
