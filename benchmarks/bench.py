@@ -6,6 +6,7 @@ ratio to `caffe time` on the same kind of machine (2 cores, OpenBLAS), and the
 peak RSS of the process.
 
     python benchmarks/bench.py                      # all rows, 5 iterations
+    python benchmarks/bench.py --rounds 3           # every row 3 times, fastest round shown
     python benchmarks/bench.py --iterations 10 --nets caffenet,resnet50 --batches 1
     python benchmarks/bench.py --low-memory         # forward-only peak RSS, both modes
     python benchmarks/bench.py --torch              # add a PyTorch CPU peer (same weights)
@@ -212,6 +213,10 @@ def main():
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every row this many times, round-robin, and report the "
+                         "round with the fastest forward + backward (a shared machine's "
+                         "speed drifts); 1: one measurement per row")
     ap.add_argument("--forward-only", action="store_true")
     ap.add_argument("--low-memory", action="store_true")
     ap.add_argument("--torch", action="store_true", help="also time a PyTorch CPU peer")
@@ -228,9 +233,12 @@ def main():
     lines = [f"# netrun benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Machine: {machine()}.", "",
              f"Median of {args.iterations} iterations after one warm-up, each (net, batch) in "
-             "its own process; Caffe figures: `caffe time` averages, BVLC Caffe, same machine "
-             f"kind.  At the start: {load()}, numpy float32 GEMM (1500^3) "
-             f"{gemm_gflops():.0f} GFLOP/s.", ""]
+             "its own process"
+             + (f", {args.rounds} rounds over all rows, the round with the fastest forward + "
+                "backward shown" if args.rounds > 1 else "")
+             + "; GEMM GF/s: numpy's float32 1500^3 GEMM just before that measurement (the "
+             "machine's state).  Caffe figures: `caffe time` averages, BVLC Caffe, same machine "
+             f"kind.  At the start: {load()}, GEMM {gemm_gflops():.0f} GFLOP/s.", ""]
     if args.low_memory:
         lines += ["| net | batch | forward ms | peak RSS MB (default) | peak RSS MB (--low-memory) | ratio |",
                   "|---|---|---|---|---|---|"]
@@ -238,41 +246,63 @@ def main():
         head = ("| net | batch | forward ms | Caffe | ratio | backward ms | Caffe | ratio | "
                 "peak RSS MB | GEMM GF/s |")
         rule = "|---|---|---|---|---|---|---|---|---|---|"
+        if args.rounds > 1:
+            head += " slowest / fastest round |"
+            rule += "---|"
         if args.torch:
             head += " PyTorch fwd | PyTorch bwd |"
             rule += "---|---|"
         lines += [head, rule]
     slow = []
-    for net in args.nets.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
-            if not args.low_memory and (net, batch) not in CAFFE:
-                continue
-            if args.low_memory:
-                a = run_child(net, batch, args.iterations, ["--forward-only"])
-                b = run_child(net, batch, args.iterations, ["--forward-only", "--low-memory"])
-                if "error" in a or "error" in b:
-                    lines.append(f"| {net} | {batch} | error: {a.get('error') or b.get('error')} | | | |")
-                else:
-                    lines.append(f"| {net} | {batch} | {a['forward']:.1f} | {a['rss_mb']:.0f} | "
-                                 f"{b['rss_mb']:.0f} | {b['rss_mb'] / a['rss_mb']:.2f} |")
+    rows = [(net, int(b)) for net in args.nets.split(",") for b in args.batches.split(",")
+            if args.low_memory or (net, int(b)) in CAFFE]
+    if args.low_memory:
+        for net, batch in rows:
+            a = run_child(net, batch, args.iterations, ["--forward-only"])
+            b = run_child(net, batch, args.iterations, ["--forward-only", "--low-memory"])
+            if "error" in a or "error" in b:
+                lines.append(f"| {net} | {batch} | error: {a.get('error') or b.get('error')} | | | |")
             else:
-                gf = gemm_gflops(reps=3)        # the machine's state for this row
-                r = run_child(net, batch, args.iterations)
-                cf, cb = CAFFE[(net, batch)]
-                if "error" not in r and (r["forward"] > cf or r["backward"] > cb):
-                    slow.append((net, batch, r))
-                if "error" in r:
-                    line = f"| {net} | {batch} | error: {r['error']} | {cf} | | | {cb} | | | |"
-                else:
-                    line = (f"| {net} | {batch} | {r['forward']:.1f} | {cf} | "
-                            f"{r['forward'] / cf:.2f} | {r['backward']:.1f} | {cb} | "
-                            f"{r['backward'] / cb:.2f} | {r['rss_mb']:.0f} | {gf:.0f} |")
-                if args.torch:
-                    t = run_child(net, batch, args.iterations, ["--engine", "torch"])
-                    line += (f" error: {t['error']} | |" if "error" in t else
-                             f" {t['forward']:.1f} | {t['backward']:.1f} |")
-                lines.append(line)
+                lines.append(f"| {net} | {batch} | {a['forward']:.1f} | {a['rss_mb']:.0f} | "
+                             f"{b['rss_mb']:.0f} | {b['rss_mb'] / a['rss_mb']:.2f} |")
             print(lines[-1], flush=True)
+    else:
+        # rounds: every row once per round, so a slow spell of the machine hits one
+        # round of every row rather than every round of one row
+        results = {row: [] for row in rows}
+        for rnd in range(args.rounds):
+            for net, batch in rows:
+                gf = gemm_gflops(reps=3)        # the machine's state for this run
+                r = run_child(net, batch, args.iterations)
+                r["gemm"] = gf
+                results[(net, batch)].append(r)
+                if args.rounds > 1:
+                    print(f"round {rnd + 1}: {net} {batch}: " + (
+                        r["error"] if "error" in r else
+                        f"{r['forward']:.1f} / {r['backward']:.1f} ms (GEMM {gf:.0f})"), flush=True)
+        for net, batch in rows:
+            cf, cb = CAFFE[(net, batch)]
+            runs = results[(net, batch)]
+            bad = [r for r in runs if "error" in r]
+            if bad:
+                line = f"| {net} | {batch} | error: {bad[0]['error']} | {cf} | | | {cb} | | | |"
+            else:
+                # the round with the fastest forward + backward (and its own GEMM figure)
+                r = min(runs, key=lambda r: r["forward"] + r["backward"])
+                if r["forward"] > cf or r["backward"] > cb:
+                    slow.append((net, batch, r))
+                line = (f"| {net} | {batch} | {r['forward']:.1f} | {cf} | "
+                        f"{r['forward'] / cf:.2f} | {r['backward']:.1f} | {cb} | "
+                        f"{r['backward'] / cb:.2f} | {r['rss_mb']:.0f} | {r['gemm']:.0f} |")
+                if args.rounds > 1:
+                    tot = [x["forward"] + x["backward"] for x in runs]
+                    line += f" {max(tot) / min(tot):.2f} |"
+            if args.torch:
+                t = run_child(net, batch, args.iterations, ["--engine", "torch"])
+                line += (f" error: {t['error']} | |" if "error" in t else
+                         f" {t['forward']:.1f} | {t['backward']:.1f} |")
+            lines.append(line)
+            print(line, flush=True)
     lines += ["", f"At the end of the table: {load()}, GEMM {gemm_gflops():.0f} GFLOP/s."]
     if not args.low_memory and args.memory_rows:
         lines += ["", "## Forward-only peak RSS: default vs --low-memory", "",
