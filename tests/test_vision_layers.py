@@ -376,9 +376,10 @@ def test_spp_levels_and_gradient():
     (9, 9, 3, 1, 2, 2, 1, 3), (8, 6, 3, 3, 0, 1, 2, 2), (6, 7, 3, 2, 0, 2, 2, 4),
     (1, 1, 3, 1, 1, 1, 2, 2)])
 def test_depthwise_wide_layout_matches_the_offset_loop(H, W, k, s, p, d, num, G, monkeypatch):
-    """The flat-plane (wide) depthwise kernels give the per-offset loop's numbers:
-    forward and input gradient bit for bit (same order of sums), weight gradient
-    to float32 rounding (its sums run along whole planes)."""
+    """The flat-plane (wide) depthwise backward kernels give the per-offset loop's
+    numbers: the input gradient bit for bit (same order of sums), the weight
+    gradient to float32 rounding (its sums run along whole planes).  The forward is
+    the GEMM per group of every grouped convolution, checked against float64."""
     from netrun.layers.vision import ConvGeometry
     rng = np.random.default_rng(0)
     g = ConvGeometry((k, k), (s, s), (p, p), (d, d))
@@ -388,18 +389,21 @@ def test_depthwise_wide_layout_matches_the_offset_loop(H, W, k, s, p, d, num, G,
     dy = rng.standard_normal((num, G) + osp).astype(np.float32)
 
     def run():
-        prep = g.prepare(x, osp, G)
-        return (prep[0], g.conv_forward(prep, w, G, num, osp).copy(),
-                g.conv_backward_data(dy, w, G, (H, W)).copy(),
-                g.conv_weight_grad(g.prepare(x, osp, G, backward=True), dy, G).copy())
-    kind, y, dx, dw = run()
+        prep = g.prepare(x, osp, G, backward=True)
+        return (prep[0], g.conv_backward_data(dy, w, G, (H, W)).copy(),
+                g.conv_weight_grad(prep, dy, G).copy())
+    kind, dx, dw = run()
     assert kind == "dw-wide"
     monkeypatch.setattr(ConvGeometry, "_wide_ok", lambda self, in_sp: False)
-    kind0, y0, dx0, dw0 = run()
+    kind0, dx0, dw0 = run()
     assert kind0 == "dw"
-    np.testing.assert_array_equal(y, y0)
     np.testing.assert_array_equal(dx, dx0)
     np.testing.assert_allclose(dw, dw0, rtol=1e-5, atol=1e-5)
+    y = g.conv_forward(g.prepare(x, osp, G), w, G, num, osp)
+    cols = g.im2col(x.astype(np.float64), osp, G)                    # (G, num*P, K)
+    ref = np.matmul(cols, w.reshape(G, -1, 1).astype(np.float64))[..., 0]
+    ref = ref.reshape((G, num) + osp).transpose(1, 0, 2, 3)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("H,W,k,s,p,ceil", [

@@ -266,9 +266,15 @@ class ConvGeometry:
 
     def prepare(self, x, out_sp, group, backward=False):
         """What conv_forward / conv_weight_grad read from the conv input x:
-        the transposed columns (G, num*P, Cg*K), or the padded input (depthwise);
-        for the weight gradient of a 1x1 convolution over large planes, x itself."""
-        if x.shape[1] == group and not self.is_1x1:     # one input channel per group
+        the transposed columns (G, num*P, Cg*K); for the weight gradient of a
+        depthwise convolution the input itself (its own kernels), of a 1x1
+        convolution over large planes x itself.
+
+        A depthwise forward goes through the columns and one GEMM per group, as
+        Caffe's: BLAS then sums each output's K products in Caffe's order (the
+        conformance case comes out bit-identical; the element-wise kernels round
+        after every product and differ in the last bit)."""
+        if backward and x.shape[1] == group and not self.is_1x1:   # depthwise
             if self._wide_ok(x.shape[2:]):
                 return ("dw-wide", x)
             return ("dw", self.padded(x, out_sp))
@@ -293,30 +299,19 @@ class ConvGeometry:
         Written into ``out`` (num, Co, *out) when given, else returned as a view
         of a scratch buffer."""
         kind, a = prep
-        Co, Cg = w.shape[:2]
+        assert kind == "cols", kind
+        Co = w.shape[0]
         G, Og, P = group, Co // group, _prod(out_sp)
-        if kind == "dw-wide" and Og == 1:
-            y = self._dw_wide_forward(a, w, out_sp)
-        elif kind == "dw-wide":
-            y = self._dw_forward(self.padded(a, out_sp), w, G, num, out_sp)
-        elif kind == "dw":
-            y = self._dw_forward(a, w, G, num, out_sp)
-        else:
-            wt = w.reshape(G, Og, -1).transpose(0, 2, 1)              # (G, Cg*K, Og)
-            r = np.matmul(a, wt, out=scratch("gemm", (G, num * P, Og), w.dtype))
-            if out is not None:
-                _store_transposed(r.reshape(G, num, P, Og),
-                                  out.reshape(num, G, Og, P), bias)
-                return out
-            y = r.reshape(G, num, P, Og).transpose(1, 0, 3, 2)         # (num, G, Og, P)
-            y = y.reshape((num, Co) + tuple(out_sp))
-        if out is None:
-            return y
+        wt = w.reshape(G, Og, -1).transpose(0, 2, 1)                  # (G, Cg*K, Og)
+        r = np.matmul(a, wt, out=scratch("gemm", (G, num * P, Og), w.dtype))
+        if out is not None:
+            _store_transposed(r.reshape(G, num, P, Og), out.reshape(num, G, Og, P), bias)
+            return out
+        y = r.reshape(G, num, P, Og).transpose(1, 0, 3, 2)             # (num, G, Og, P)
+        y = y.reshape((num, Co) + tuple(out_sp))
         if bias is not None:
-            np.add(y, bias.reshape((Co,) + (1,) * len(out_sp)), out=out)
-        else:
-            np.copyto(out, y)
-        return out
+            y = y + bias.reshape((Co,) + (1,) * len(out_sp))
+        return y
 
     @staticmethod
     def group_major(dy, group):
@@ -386,12 +381,14 @@ class ConvGeometry:
             dyg = self.group_major(dy, G)
         return np.matmul(dyg, a).reshape((Co, Cg) + kernel)
 
-    # -- depthwise, 2-D with equal strides: each plane as one flat row -----------------
+    # -- depthwise backward (the forward is a GEMM per group, as Caffe's) ---------------
+    # 2-D with equal strides: each plane as one flat row.
     # The padded plane (Hp, Wp) read by kernel offset (i, j) for output (r, q) is
     # flat[i d Wp + j d + s (r Wp + q)]: one strided slice of length
     # L = (oh - 1) Wp + ow for all outputs, in a "wide" grid of rows Wp long whose
     # columns q >= ow are discarded.  Long rows instead of one short row per output
     # line: a 14x14 plane costs 9 multiply-adds of 200 elements, not 126 of 14.
+    # Other depthwise geometries loop over kernel offsets on the padded plane.
     def _wide_ok(self, in_sp):
         return self.nsp == 2 and self.stride[0] == self.stride[1] and all(in_sp)
 
@@ -420,25 +417,6 @@ class ConvGeometry:
         wide[:, :, ow:] = 0
         parallel_copyto(wide[:, :, :ow], dy.reshape(num * G, oh, ow))
         return wide.reshape(num * G, oh * Wp)
-
-    def _dw_wide_forward(self, x, w, out_sp):
-        num, G = x.shape[:2]
-        oh, ow = out_sp
-        Hp, Wp, L, offs = self._wide(x.shape[2:], out_sp)
-        xf = self.padded_scratch(x, out_sp, "dw_pad").reshape(num * G, Hp * Wp)
-        wk = self._plane_weights(w, num)
-        wide = scratch("dw_out", (num * G, oh * Wp), x.dtype)
-
-        def planes(lo, hi):
-            acc, tmp = wide[lo:hi, :L], np.empty((hi - lo, L), x.dtype)
-            for ki, sl in offs:                     # Caffe's k order: x0 w0 + x1 w1 + ...
-                if ki == 0:
-                    np.multiply(xf[lo:hi, sl], wk[lo:hi, ki:ki + 1], out=acc)
-                else:
-                    np.multiply(xf[lo:hi, sl], wk[lo:hi, ki:ki + 1], out=tmp)
-                    acc += tmp
-        run_tiles(planes, tile_ranges(num * G, Hp * Wp * x.itemsize, POOL_TILE_BYTES))
-        return wide.reshape(num, G, oh, Wp)[..., :ow]
 
     def _dw_wide_backward_data(self, dy, w, in_sp, out):
         num, G = dy.shape[:2]
@@ -475,28 +453,6 @@ class ConvGeometry:
                 dw[lo:hi, ki] = np.einsum("pl,pl->p", dyw[lo:hi, :L], xf[lo:hi, sl])
         run_tiles(planes, tile_ranges(num * G, Hp * Wp * dy.itemsize, POOL_TILE_BYTES))
         return dw.reshape(num, G, self.K).sum(axis=0).reshape((G, 1) + self.kernel)
-
-    # -- depthwise (one conv-input channel per group): loop over kernel offsets ---------
-    def _dw_forward(self, xp, w, G, num, out_sp):
-        Co = w.shape[0]
-        Og = Co // G
-        nsp = self.nsp
-        wk = w.reshape(G, Og, self.K)
-        if Og == 1:
-            shape, bshape, expand = (num, G) + tuple(out_sp), (G,) + (1,) * nsp, ()
-        else:
-            shape, bshape, expand = (num, G, Og) + tuple(out_sp), (G, Og) + (1,) * nsp, (None,)
-        y = np.empty(shape, w.dtype)
-        tmp = np.empty_like(y)
-        for ki, kidx in enumerate(np.ndindex(*self.kernel)):
-            xs = xp[(_ALL, _ALL) + expand + self.offset_slices(kidx, out_sp)]
-            wv = wk[:, :, ki].reshape(bshape)
-            if ki == 0:
-                np.multiply(xs, wv, out=y)
-            else:
-                np.multiply(xs, wv, out=tmp)
-                y += tmp
-        return y.reshape((num, Co) + tuple(out_sp))
 
     def _dw_backward_data(self, dy, w, G, in_sp):
         num, Co = dy.shape[:2]
