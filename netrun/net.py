@@ -566,6 +566,23 @@ class Net:
         # layers may skip work only a backward pass reads (argmax, kept inputs)
         for layer, need in zip(self.layers, self.layer_need_backward):
             layer.need_backward = need
+        # ... and keep what they computed from their bottoms (convolution columns)
+        # when no later layer rewrites those arrays in place before backward reads
+        # them.  Split tops share their bottom's array: a rewrite of one is of all.
+        root = {}
+        for li, layer in enumerate(self.layers):
+            for t in self.top_ids[li]:
+                if layer.type == "Split" or t in self.bottom_ids[li]:
+                    root[t] = root.get(self.bottom_ids[li][0] if layer.type == "Split"
+                                       else t, t)
+                else:
+                    root[t] = t
+        rewritten = set()
+        for li in range(len(self.layers) - 1, -1, -1):
+            self.layers[li].inputs_stable = not any(root.get(b, b) in rewritten
+                                                    for b in self.bottom_ids[li])
+            rewritten.update(root.get(t, t) for t in self.top_ids[li]
+                             if t in self.bottom_ids[li])
 
     def set_force_backward(self, force=True):
         """Turn Caffe's ``force_backward`` on or off after building."""

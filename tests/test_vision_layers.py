@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+import netrun
 from netrun.blob import Blob
 from netrun.errors import LayerError
 from netrun.layers import Context, layer_class
@@ -438,3 +439,50 @@ def test_pool_phase_planes_match_the_offset_loop(H, W, k, s, p, ceil, monkeypatc
     loop = run()
     for a, b, what in zip(wide, loop, ("max", "index", "max backward", "ave", "ave backward")):
         np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+KEEP_NET = """
+name: "keep"
+force_backward: true
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 3 dim: 4 dim: 9 dim: 8 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1
+          weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+        convolution_param { num_output: 5 kernel_size: 1
+          weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "c3" type: "Convolution" bottom: "c1" top: "c3"
+        convolution_param { num_output: 4 kernel_size: 2 stride: 2
+          weight_filler { type: "gaussian" std: 0.5 } } }
+"""
+
+
+@pytest.mark.parametrize("limit", [0, 1 << 30])
+def test_convolutions_keep_their_columns_for_backward(limit, tmp_path, monkeypatch):
+    """Keeping the forward's columns for the weight gradient gives the numbers of
+    building them again (c2 is 1x1: batch > 1 copies its input too); a forward-only
+    net keeps nothing."""
+    from netrun.layers import vision as V
+    monkeypatch.setattr(V, "KEEP_COLS_BYTES", limit)
+    path = tmp_path / "keep.prototxt"
+    path.write_text(KEEP_NET)
+    net = netrun.Net(str(path), phase="test", seed=2)
+    x = np.random.default_rng(3).normal(size=(3, 4, 9, 8)).astype(np.float32)
+    net.forward(data=x)
+    kept = {n: net.layer_dict[n]._kept is not None for n in ("c1", "c2", "c3")}
+    assert kept == {"c1": limit > 0, "c2": limit > 0, "c3": limit > 0}
+    assert all(n.inputs_stable for n in net.layers)
+    net.backward(c2=np.ones((3, 5, 9, 8), np.float32), c3=np.ones((3, 4, 4, 4), np.float32))
+    grads = {n: net.params[n][0].diff.copy() for n in ("c1", "c2", "c3")}
+    ref = netrun.Net(str(path), phase="test", seed=2)
+    monkeypatch.setattr(V, "KEEP_COLS_BYTES", 0)
+    ref.forward(data=x)
+    ref.backward(c2=np.ones((3, 5, 9, 8), np.float32), c3=np.ones((3, 4, 4, 4), np.float32))
+    for n, g in grads.items():
+        np.testing.assert_array_equal(g, ref.params[n][0].diff, err_msg=n)
+    monkeypatch.setattr(V, "KEEP_COLS_BYTES", limit)
+    inference = netrun.Net(str(path), phase="test", seed=2, inference=True)
+    inference.set_force_backward(False)
+    inference.forward(data=x)
+    assert all(inference.layer_dict[n]._kept is None for n in ("c1", "c2", "c3"))

@@ -208,7 +208,7 @@ class ConvGeometry:
         parallel_copyto(xp[inner], x)
         return xp
 
-    def im2col(self, x, out_sp, group=1):
+    def im2col(self, x, out_sp, group=1, out=None):
         """Transposed column buffer (G, num*P, Cg*K): one row per output position
         (n, *out), one column per (c, *k) of the group, channel-major as Caffe's
         im2col.  Multiplying it by W_g^T reproduces Caffe's GEMM summation order.
@@ -222,7 +222,9 @@ class ConvGeometry:
         v = self.windows(self.padded_scratch(x, out_sp), out_sp)    # (num, C, *out, *k)
         perm = ((1,) + tuple(range(2 + nsp, 2 + 2 * nsp)) + (0,)
                 + tuple(range(2, 2 + nsp)))
-        cols = scratch("cols", (C,) + self.kernel + (num,) + tuple(out_sp), x.dtype)
+        shape = (C,) + self.kernel + (num,) + tuple(out_sp)
+        cols = (scratch("cols", shape, x.dtype) if out is None
+                else out.reshape(-1)[:_prod(shape)].reshape(shape))
         parallel_copyto(cols, v.transpose(perm))
         return cols.reshape(group, C // group * self.K, num * P).transpose(0, 2, 1)
 
@@ -264,7 +266,7 @@ class ConvGeometry:
     # x: conv input (num, Ci, *in);  dy / y: conv output (num, Co, *out);
     # w: (Co, Ci/G, *kernel).  Deconvolution uses them with the roles swapped.
 
-    def prepare(self, x, out_sp, group, backward=False):
+    def prepare(self, x, out_sp, group, backward=False, out=None):
         """What conv_forward / conv_weight_grad read from the conv input x:
         the transposed columns (G, num*P, Cg*K); for the weight gradient of a
         depthwise convolution the input itself (its own kernels), of a 1x1
@@ -286,10 +288,11 @@ class ConvGeometry:
                 return ("cols", x.reshape(group, Cg, P).transpose(0, 2, 1))
             if backward and per_image(num, P):
                 return ("x", x.reshape(num, group, Cg, P))
-            xt = scratch("cols", (C, num, P), x.dtype)
+            xt = (scratch("cols", (C, num, P), x.dtype) if out is None
+                  else out.reshape(-1)[:C * num * P].reshape(C, num, P))
             parallel_copyto(xt, x.reshape(num, C, P).transpose(1, 0, 2))
             return ("cols", xt.reshape(group, Cg, num * P).transpose(0, 2, 1))
-        return ("cols", self.im2col(x, out_sp, group))
+        return ("cols", self.im2col(x, out_sp, group, out))
 
     def conv_forward(self, prep, w, group, num, out_sp, out=None, bias=None):
         """y[n, o] = sum_{c in group(o), k} w[o, c, k] x_pad[n, c, out s + k d] (+ bias[o]).
@@ -487,6 +490,10 @@ class ConvGeometry:
         return dw.reshape((Co, 1) + self.kernel)
 
 
+# A net's convolutions keep the columns of their forward pass for the weight gradient
+# (instead of building them again) up to this many bytes in all; Caffe rebuilds them.
+KEEP_COLS_BYTES = 128 << 20
+
 # In backward, batches of planes this large run one GEMM per image (no group-major
 # copies of dy and x); smaller planes are copied into one GEMM over the batch.
 _BIG_PLANE = 1024
@@ -632,6 +639,7 @@ class _BaseConvolution(Layer):
         self.check_scratch(images * (padded + col),
                            f"{self.type} of input shape {b0.shape} with kernel "
                            f"{self.geom.kernel}, pad {self.geom.pad}")
+        self._kept = None
         shape = b0.shape[:self.axis] + (self.num_output,) + out_sp
         for t in top:
             t.reshape(shape)
@@ -668,18 +676,49 @@ class _BaseConvolution(Layer):
 class Convolution(_BaseConvolution):
     __doc__ = "y = W * x + b: N-d, grouped, strided, padded, dilated.\n\n" + _DOC_CONV
 
+    def _kept_cols_buffer(self, nbytes):
+        """A buffer of this layer's own for the columns backward will need again, or
+        None: only when backward will want the weight gradient, nothing rewrites the
+        bottom between the passes (Net sets inputs_stable) and the net's kept columns
+        stay within KEEP_COLS_BYTES."""
+        old = getattr(self, "_cols_buf", None)
+        if not (getattr(self, "need_backward", True) and self._ppd(0)
+                and getattr(self, "inputs_stable", False)):
+            nbytes = 0
+        if old is not None and old.nbytes >= nbytes > 0:
+            return old
+        ctx = self.ctx
+        held = getattr(ctx, "kept_cols_bytes", 0) - (0 if old is None else old.nbytes)
+        self._cols_buf = None
+        if nbytes == 0 or held + nbytes > KEEP_COLS_BYTES:
+            ctx.kept_cols_bytes = held
+            return None
+        self._cols_buf = np.empty(nbytes // self.dtype.itemsize, self.dtype)
+        ctx.kept_cols_bytes = held + nbytes
+        return self._cols_buf
+
     def forward(self, bottom, top):
         g, G = self.geom, self.group
         w = self.blobs[0].data
         C, O = self.channels, self.num_output
         per = self._col_bytes(C, self.out_sp, w.itemsize)
+        chunks = self._chunks(per)
+        P = _prod(self.out_sp)
+        # the columns are built again by backward's weight gradient unless kept
+        worth = (len(bottom) == 1 and len(chunks) == 1 and C != G
+                 and (not g.is_1x1 or (self.num > 1 and not per_image(self.num, P))))
+        buf = self._kept_cols_buffer(
+            (C * (1 if g.is_1x1 else g.K) * P * self.num * w.itemsize) if worth else 0)
+        self._kept = None
         for b, t in zip(bottom, top):
             x = b.data.reshape((self.num, C) + self.in_sp)
             y = t.data.reshape((self.num, O) + self.out_sp)
             bias = self.blobs[1].data if self.bias_term else None
-            for a, z in self._chunks(per):
-                prep = g.prepare(x[a:z], self.out_sp, G)
+            for a, z in chunks:
+                prep = g.prepare(x[a:z], self.out_sp, G, out=buf)
                 g.conv_forward(prep, w, G, z - a, self.out_sp, out=y[a:z], bias=bias)
+                if buf is not None:
+                    self._kept = (b.data, prep)
 
     def backward(self, top, propagate_down, bottom):
         g, G = self.geom, self.group
@@ -704,7 +743,11 @@ class Convolution(_BaseConvolution):
                     want_w or (dx is not None and not g.is_1x1))
                 dyg = g.group_major(dy[a:z], G) if shared else None
                 if want_w:
-                    prep = g.prepare(x[a:z], self.out_sp, G, backward=True)
+                    kept = getattr(self, "_kept", None)
+                    if kept is not None and kept[0] is b.data:     # forward's columns
+                        prep = kept[1]
+                    else:
+                        prep = g.prepare(x[a:z], self.out_sp, G, backward=True)
                     self.blobs[0].diff += g.conv_weight_grad(prep, dy[a:z], G, dyg)
                 if dx is not None:
                     g.conv_backward_data(dy[a:z], w, G, self.in_sp, out=dx[a:z], dyg=dyg)
