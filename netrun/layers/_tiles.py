@@ -28,13 +28,27 @@ def _thread_count():
             return max(1, int(env))
         except ValueError:
             return 1
-    return max(1, min(8, os.cpu_count() or 1))
+    try:
+        cores = len(os.sched_getaffinity(0))       # the cores this process may use
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 THREADS = _thread_count()
 _pool = None
 _pool_lock = threading.Lock()
 _local = threading.local()
+
+
+def _forget_pool():
+    """In a forked child the parent's worker threads do not exist: start afresh."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _executor():
