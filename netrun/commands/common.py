@@ -106,7 +106,7 @@ def net_options(f):
                           "default: 80% of the available memory."),
         click.option("--check-finite/--no-check-finite", default=None,
                      help="Report the first layer and blob where NaN/Inf appears "
-                          "(default: on for backward, off for forward)."),
+                          "(default: on for backward, off for forward and time)."),
         click.option("--strict", is_flag=True, help="With --check-finite: stop at the first NaN/Inf."),
         click.option("-v", "--values", is_flag=True, help="Also print the arrays themselves."),
         click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
