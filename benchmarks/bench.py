@@ -116,6 +116,20 @@ def worker(args):
                       "input": name, "shape": list(shape)}))
 
 
+MEMORY_HEAD = ["| net | batch | forward ms | peak RSS MB (default) | "
+               "peak RSS MB (--low-memory) | ratio |", "|---|---|---|---|---|---|"]
+
+
+def memory_row(net, batch, iterations):
+    """Forward only, in the default mode and with --low-memory: a MEMORY_HEAD row."""
+    a = run_child(net, batch, iterations, ["--forward-only"])
+    b = run_child(net, batch, iterations, ["--forward-only", "--low-memory"])
+    if "error" in a or "error" in b:
+        return f"| {net} | {batch} | error: {a.get('error') or b.get('error')} | | | |"
+    return (f"| {net} | {batch} | {a['forward']:.1f} | {a['rss_mb']:.0f} | "
+            f"{b['rss_mb']:.0f} | {b['rss_mb'] / a['rss_mb']:.2f} |")
+
+
 def run_child(net, batch, iterations, extra=()):
     cmd = [sys.executable, __file__, "--worker", "--net", net, "--batch", str(batch),
            "--iterations", str(iterations), *extra]
@@ -240,8 +254,7 @@ def main():
              "machine's state).  Caffe figures: `caffe time` averages, BVLC Caffe, same machine "
              f"kind.  At the start: {load()}, GEMM {gemm_gflops():.0f} GFLOP/s.", ""]
     if args.low_memory:
-        lines += ["| net | batch | forward ms | peak RSS MB (default) | peak RSS MB (--low-memory) | ratio |",
-                  "|---|---|---|---|---|---|"]
+        lines += MEMORY_HEAD
     else:
         head = ("| net | batch | forward ms | Caffe | ratio | backward ms | Caffe | ratio | "
                 "peak RSS MB | GEMM GF/s |")
@@ -258,13 +271,7 @@ def main():
             if args.low_memory or (net, int(b)) in CAFFE]
     if args.low_memory:
         for net, batch in rows:
-            a = run_child(net, batch, args.iterations, ["--forward-only"])
-            b = run_child(net, batch, args.iterations, ["--forward-only", "--low-memory"])
-            if "error" in a or "error" in b:
-                lines.append(f"| {net} | {batch} | error: {a.get('error') or b.get('error')} | | | |")
-            else:
-                lines.append(f"| {net} | {batch} | {a['forward']:.1f} | {a['rss_mb']:.0f} | "
-                             f"{b['rss_mb']:.0f} | {b['rss_mb'] / a['rss_mb']:.2f} |")
+            lines.append(memory_row(net, batch, args.iterations))
             print(lines[-1], flush=True)
     else:
         # rounds: every row once per round, so a slow spell of the machine hits one
@@ -305,18 +312,10 @@ def main():
             print(line, flush=True)
     lines += ["", f"At the end of the table: {load()}, GEMM {gemm_gflops():.0f} GFLOP/s."]
     if not args.low_memory and args.memory_rows:
-        lines += ["", "## Forward-only peak RSS: default vs --low-memory", "",
-                  "| net | batch | forward ms | peak RSS MB (default) | "
-                  "peak RSS MB (--low-memory) | ratio |", "|---|---|---|---|---|---|"]
+        lines += ["", "## Forward-only peak RSS: default vs --low-memory", ""] + MEMORY_HEAD
         for item in args.memory_rows.split(","):
             net, batch = item.split(":")
-            a = run_child(net, int(batch), args.iterations, ["--forward-only"])
-            b = run_child(net, int(batch), args.iterations, ["--forward-only", "--low-memory"])
-            if "error" in a or "error" in b:
-                lines.append(f"| {net} | {batch} | error: {a.get('error') or b.get('error')} | | | |")
-            else:
-                lines.append(f"| {net} | {batch} | {a['forward']:.1f} | {a['rss_mb']:.0f} | "
-                             f"{b['rss_mb']:.0f} | {b['rss_mb'] / a['rss_mb']:.2f} |")
+            lines.append(memory_row(net, int(batch), args.iterations))
             print(lines[-1], flush=True)
     if args.per_layer and slow:
         lines += ["", "## Per-layer figures of the rows above Caffe", ""]

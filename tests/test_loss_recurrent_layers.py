@@ -5,41 +5,25 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from layer_helpers import build_layer, central_differences, forward_copies
 from netrun import Net
-from netrun.blob import Blob
 from netrun.errors import LayerError, NetrunError
-from netrun.layers import Context, layer_class
 from netrun.proto import caffe_pb2
 
 F64 = np.float64
 
 
 def make(text, arrays, ntop=1, dtype=F64, seed=0, params=True):
-    lp = text_format.Parse(text, caffe_pb2.LayerParameter())
-    ctx = Context(caffe_pb2.TEST, dtype=dtype, rng=np.random.default_rng(seed))
-    layer = layer_class(lp.type)(lp, ctx)
-    bottom = []
-    for a in arrays:
-        a = np.asarray(a, dtype)
-        b = Blob(a.shape, dtype)
-        b.data[...] = a
-        bottom.append(b)
-    top = [Blob((), dtype) for _ in range(ntop)]
-    layer.check_blob_counts(bottom, top)
-    layer.setup(bottom, top)
-    layer.param_propagate_down = [True] * len(layer.blobs)
-    if params:
-        rng = np.random.default_rng(seed + 7)
-        for p in layer.blobs:
-            p.data[...] = rng.uniform(-0.6, 0.6, p.shape)
-    layer.reshape(bottom, top)
-    return layer, bottom, top
+    def init(blobs):
+        if params:
+            rng = np.random.default_rng(seed + 7)
+            for p in blobs:
+                p.data[...] = rng.uniform(-0.6, 0.6, p.shape)
+    return build_layer(text, arrays, ntop, caffe_pb2.TEST, dtype, seed, init_params=init,
+                       check_counts=True)[:3]
 
 
-def fwd(layer, bottom, top):
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
-    return [t.data.copy() for t in top]
+fwd = forward_copies
 
 
 def grad_check(layer, bottom, top, check_bottoms, rtol=1e-6, atol=1e-8, seed=3,
@@ -74,17 +58,8 @@ def grad_check(layer, bottom, top, check_bottoms, rtol=1e-6, atol=1e-8, seed=3,
         targets += [(p.data, a, f"param {k}") for k, (p, a) in enumerate(zip(layer.blobs,
                                                                             analytic_p))]
     for arr, ana, what in targets:
-        num = np.zeros(arr.shape)
-        flat = arr.reshape(-1)
-        for j in range(flat.size):
-            old = flat[j]
-            flat[j] = old + eps
-            ep = run()
-            flat[j] = old - eps
-            em = run()
-            flat[j] = old
-            num.reshape(-1)[j] = (ep - em) / (2 * eps)
-        np.testing.assert_allclose(ana, num, rtol=rtol, atol=atol, err_msg=what)
+        np.testing.assert_allclose(ana, central_differences(arr, run, eps), rtol=rtol,
+                                   atol=atol, err_msg=what)
 
 
 RNG = np.random.default_rng(42)

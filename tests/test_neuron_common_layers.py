@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from layer_helpers import build_layer, central_differences, forward_copies
 from netrun.blob import Blob
 from netrun.errors import LayerError
 from netrun.layers import Context, layer_class
@@ -19,33 +20,17 @@ def away_from_zero(shape, rng, gap=0.2):
 def make(text, data, ntop=1, phase=caffe_pb2.TEST, dtype=np.float64, seed=0, in_place=False,
          params=None):
     """Build a layer from prototxt text with bottoms holding ``data`` (list of arrays)."""
-    lp = text_format.Parse(text, caffe_pb2.LayerParameter())
-    warns = []
-    ctx = Context(phase, dtype=dtype, rng=np.random.default_rng(seed), warn=warns.append)
-    layer = layer_class(lp.type)(lp, ctx)
-    bottom = []
-    for a in data:
-        b = Blob(np.shape(a), dtype)
-        b.data[...] = a
-        bottom.append(b)
-    top = [bottom[0]] if in_place else [Blob((), dtype) for _ in range(ntop)]
-    layer.check_blob_counts(bottom, top)
-    layer.setup(bottom, top)
-    layer.param_propagate_down = [True] * len(layer.blobs)
-    rng = np.random.default_rng(seed + 7)
-    for k, p in enumerate(layer.blobs):
-        if params is not None and k < len(params):
-            p.data[...] = params[k]
-        else:
-            p.data[...] = rng.standard_normal(p.shape) * 0.5
-    layer.reshape(bottom, top)
-    return layer, bottom, top, warns
+    def init(blobs):
+        rng = np.random.default_rng(seed + 7)
+        for k, p in enumerate(blobs):
+            if params is not None and k < len(params):
+                p.data[...] = params[k]
+            else:
+                p.data[...] = rng.standard_normal(p.shape) * 0.5
+    return build_layer(text, data, ntop, phase, dtype, seed, in_place, init, check_counts=True)
 
 
-def run(layer, bottom, top):
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
-    return [t.data.copy() for t in top]
+run = forward_copies
 
 
 def grads(layer, bottom, top, rs, propagate=None):
@@ -75,16 +60,8 @@ def check_gradients(layer, bottom, top, which=None, seed=3, eps=1e-6, tol=1e-6):
         return sum(np.sum(o * r) for o, r in zip(run(layer, bottom, top), rs))
 
     for arr, analytic in targets:
-        num = np.zeros_like(arr)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + eps
-            plus = loss()
-            arr[i] = old - eps
-            minus = loss()
-            arr[i] = old
-            num[i] = (plus - minus) / (2 * eps)
-        np.testing.assert_allclose(analytic, num, rtol=tol, atol=tol)
+        np.testing.assert_allclose(analytic, central_differences(arr, loss, eps),
+                                   rtol=tol, atol=tol)
 
 
 RNG = np.random.default_rng(42)

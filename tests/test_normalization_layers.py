@@ -1,39 +1,26 @@
 """LRN, BatchNorm, Scale, Bias, MVN and Crop: gradients, Caffe conventions, statistics."""
 import numpy as np
 import pytest
-from google.protobuf import text_format
 
-from netrun.blob import Blob
+from layer_helpers import build_layer, central_differences, forward_copies
 from netrun.errors import LayerError
-from netrun.layers import Context, layer_class
 from netrun.proto import caffe_pb2
 
 
 def make(text, shapes, phase=caffe_pb2.TEST, dtype=np.float64, seed=0, in_place=False,
          random_params=True):
-    lp = text_format.Parse(text, caffe_pb2.LayerParameter())
-    ctx = Context(phase, dtype=dtype, rng=np.random.default_rng(seed))
-    layer = layer_class(lp.type)(lp, ctx)
     rng = np.random.default_rng(seed + 1)
-    bottom = []
-    for s in shapes:
-        b = Blob(s, dtype)
-        b.data[...] = rng.standard_normal(s)
-        bottom.append(b)
-    top = [bottom[0]] if in_place else [Blob((), dtype)]
-    layer.setup(bottom, top)
-    layer.param_propagate_down = [True] * len(layer.blobs)
-    if random_params:
-        for p in layer.blobs:
-            p.data[...] = 0.5 + rng.random(p.shape)
-    layer.reshape(bottom, top)
-    return layer, bottom, top
+    arrays = [rng.standard_normal(s) for s in shapes]
+
+    def init(blobs):
+        if random_params:
+            for p in blobs:
+                p.data[...] = 0.5 + rng.random(p.shape)
+    return build_layer(text, arrays, 1, phase, dtype, seed, in_place, init)[:3]
 
 
 def run(layer, bottom, top):
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
-    return top[0].data.copy()
+    return forward_copies(layer, bottom, top)[0]
 
 
 def check_gradients(layer, bottom, top, params=True, eps=1e-6, tol=1e-6):
@@ -48,15 +35,7 @@ def check_gradients(layer, bottom, top, params=True, eps=1e-6, tol=1e-6):
     if params:
         targets += [(p.data, p.diff.copy()) for p in layer.blobs]
     for arr, analytic in targets:
-        num = np.zeros_like(arr)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + eps
-            plus = np.sum(run(layer, bottom, top) * r)
-            arr[i] = old - eps
-            minus = np.sum(run(layer, bottom, top) * r)
-            arr[i] = old
-            num[i] = (plus - minus) / (2 * eps)
+        num = central_differences(arr, lambda: np.sum(run(layer, bottom, top) * r), eps)
         np.testing.assert_allclose(analytic, num, rtol=tol, atol=tol)
 
 

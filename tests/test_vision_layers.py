@@ -3,40 +3,25 @@ import itertools
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 
 import netrun
-from netrun.blob import Blob
+from layer_helpers import build_layer, central_differences, forward_copies
 from netrun.errors import LayerError
-from netrun.layers import Context, layer_class
 from netrun.layers import vision
 from netrun.proto import caffe_pb2
 
 
 def make(text, shapes, ntop=1, phase=caffe_pb2.TEST, dtype=np.float64, seed=0, data=None):
-    lp = text_format.Parse(text, caffe_pb2.LayerParameter())
-    warns = []
-    ctx = Context(phase, dtype=dtype, rng=np.random.default_rng(seed), warn=warns.append)
-    layer = layer_class(lp.type)(lp, ctx)
     rng = np.random.default_rng(seed + 1)
-    bottom = []
-    for i, s in enumerate(shapes):
-        b = Blob(s, dtype)
-        b.data[...] = rng.standard_normal(s) if data is None else data[i]
-        bottom.append(b)
-    top = [Blob((), dtype) for _ in range(ntop)]
-    layer.setup(bottom, top)
-    layer.param_propagate_down = [True] * len(layer.blobs)
-    for p in layer.blobs:
-        p.data[...] = rng.standard_normal(p.shape)
-    layer.reshape(bottom, top)
-    return layer, bottom, top, warns
+    arrays = [rng.standard_normal(s) if data is None else data[i] for i, s in enumerate(shapes)]
+
+    def init(blobs):
+        for p in blobs:
+            p.data[...] = rng.standard_normal(p.shape)
+    return build_layer(text, arrays, ntop, phase, dtype, seed, init_params=init)
 
 
-def run(layer, bottom, top):
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
-    return [t.data.copy() for t in top]
+run = forward_copies
 
 
 def check_gradients(layer, bottom, top, seed=3, eps=1e-6, tol=1e-6):
@@ -50,15 +35,7 @@ def check_gradients(layer, bottom, top, seed=3, eps=1e-6, tol=1e-6):
     targets = [(b.data, b.diff.copy()) for b in bottom]
     targets += [(p.data, p.diff.copy()) for p in layer.blobs]
     for arr, analytic in targets:
-        num = np.zeros_like(arr)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + eps
-            plus = np.sum(run(layer, bottom, top)[0] * r)
-            arr[i] = old - eps
-            minus = np.sum(run(layer, bottom, top)[0] * r)
-            arr[i] = old
-            num[i] = (plus - minus) / (2 * eps)
+        num = central_differences(arr, lambda: np.sum(run(layer, bottom, top)[0] * r), eps)
         np.testing.assert_allclose(analytic, num, rtol=tol, atol=tol)
 
 
