@@ -671,6 +671,20 @@ class _BaseConvolution(Layer):
         n, c = dy.shape[:2]
         self.blobs[1].diff += dy.reshape(n, c, -1).sum(axis=2).sum(axis=0)
 
+    def _backward_pairs(self, top, propagate_down, bottom):
+        """Backward's common part, per bottom/top pair: the bias gradient, then
+        (bottom blob, dy, x, dx or None) where there is more to do."""
+        C, O = self.channels, self.num_output
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            dy = t.diff.reshape((self.num, O) + self.out_sp)
+            if self.bias_term and self._ppd(1):
+                self._bias_grad(dy)
+            if not (self._ppd(0) or propagate_down[i]):
+                continue
+            x = b.data.reshape((self.num, C) + self.in_sp)
+            dx = b.diff.reshape((self.num, C) + self.in_sp) if propagate_down[i] else None
+            yield b, dy, x, dx
+
 
 @register("Convolution")
 class Convolution(_BaseConvolution):
@@ -723,17 +737,10 @@ class Convolution(_BaseConvolution):
     def backward(self, top, propagate_down, bottom):
         g, G = self.geom, self.group
         w = self.blobs[0].data
-        C, O = self.channels, self.num_output
+        C = self.channels
         want_w = self._ppd(0)
         per = self._col_bytes(C, self.out_sp, w.itemsize)
-        for i, (t, b) in enumerate(zip(top, bottom)):
-            dy = t.diff.reshape((self.num, O) + self.out_sp)
-            if self.bias_term and self._ppd(1):
-                self._bias_grad(dy)
-            if not (want_w or propagate_down[i]):
-                continue
-            x = b.data.reshape((self.num, C) + self.in_sp)
-            dx = b.diff.reshape((self.num, C) + self.in_sp) if propagate_down[i] else None
+        for b, dy, x, dx in self._backward_pairs(top, propagate_down, bottom):
             depthwise = C == G and not g.is_1x1
             P = _prod(self.out_sp)
             for a, z in self._chunks(per):
@@ -772,17 +779,9 @@ class Deconvolution(_BaseConvolution):
     def backward(self, top, propagate_down, bottom):
         g, G = self.geom, self.group
         w = self.blobs[0].data
-        C, O = self.channels, self.num_output
         want_w = self._ppd(0)
-        per = self._col_bytes(O, self.in_sp, w.itemsize)
-        for i, (t, b) in enumerate(zip(top, bottom)):
-            dy = t.diff.reshape((self.num, O) + self.out_sp)
-            if self.bias_term and self._ppd(1):
-                self._bias_grad(dy)
-            if not (want_w or propagate_down[i]):
-                continue
-            x = b.data.reshape((self.num, C) + self.in_sp)
-            dx = b.diff.reshape((self.num, C) + self.in_sp) if propagate_down[i] else None
+        per = self._col_bytes(self.num_output, self.in_sp, w.itemsize)
+        for _, dy, x, dx in self._backward_pairs(top, propagate_down, bottom):
             for a, z in self._chunks(per):
                 prep = g.prepare(dy[a:z], self.in_sp, G)     # col(dy), used twice
                 if want_w:
