@@ -716,19 +716,17 @@ class Net:
         self._span_start = {k: a for a, b in spans.items() for k in range(a + 1, b + 1)}
         return spans
 
-    def _run_chain(self, order, prepare, shape_of):
+    def _run_chain(self, order, prepare):
         """Prepare each layer of ``order`` (prepare(k) -> fn(lo, hi) or None) while they
         agree on one (N, C, S) view, then run the prepared ones together over channel
         tiles.  Returns how many layers ran (0: none could; the caller runs them)."""
         parts, dims = [], None
         for k in order:
-            d = self._call(k, shape_of, k)
-            if dims is not None and d != dims:
+            part = self._call(k, prepare, k)          # (forward: after its reshape)
+            d = self._call(k, self.layers[k].channel_dims, self._bottoms(k))
+            if part is None or d is None or (dims is not None and tuple(d) != dims):
                 break
-            part = self._call(k, prepare, k)
-            if part is None:
-                break
-            dims = d
+            dims = tuple(d)
             parts.append(part)
         if len(parts) < 2:
             return 0
@@ -745,11 +743,7 @@ class Net:
             layer, bottom, top = self.layers[k], self._bottoms(k), self._tops(k)
             layer.reshape(bottom, top)
             return layer.channel_forward(bottom, top)
-
-        def shape_of(k):
-            dims = self.layers[k].channel_dims(self._bottoms(k))
-            return None if dims is None else tuple(dims)
-        return self._run_chain(list(range(s, e + 1)), prepare, shape_of)
+        return self._run_chain(list(range(s, e + 1)), prepare)
 
     def _backward_chain(self, last, first):
         order = []
@@ -761,11 +755,7 @@ class Net:
         def prepare(k):
             return self.layers[k].channel_backward(self._tops(k), self.bottom_need_backward[k],
                                                    self._bottoms(k))
-
-        def shape_of(k):
-            dims = self.layers[k].channel_dims(self._bottoms(k))
-            return None if dims is None else tuple(dims)
-        return self._run_chain(order, prepare, shape_of)
+        return self._run_chain(order, prepare)
 
     def forward(self, blobs=None, start=None, end=None, on_layer=None, timer=None, **inputs):
         """Run layers ``start``..``end`` (names or indices, inclusive).

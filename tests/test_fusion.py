@@ -49,8 +49,8 @@ def _run(phase, fused, tmp_path, threads, fused_runs=None):
     if fused_runs is not None:                        # record the chains run fused
         run_chain = net._run_chain
 
-        def recording(order, prepare, shape_of):
-            ran = run_chain(order, prepare, shape_of)
+        def recording(order, prepare):
+            ran = run_chain(order, prepare)
             if ran:
                 fused_runs.append([net.layers[k].name for k in order[:ran]])
             return ran

@@ -107,6 +107,10 @@ class Layer:
     # can offer it in pieces: the net then runs a chain of such layers in place on one
     # blob (BatchNorm -> Scale -> ReLU) tile by tile, so the blob crosses memory once
     # instead of once per layer.  The arithmetic of every element is unchanged.
+    def channel_dims(self, bottom):
+        """The (N, C, S) view whose channel ranges channel_forward/backward cut."""
+        return None
+
     def channel_forward(self, bottom, top):
         """Prepare forward and return fn(lo, hi) computing it for channels [lo, hi) of
         the (N, C, S) view, or None when this configuration cannot be cut so.  Must
