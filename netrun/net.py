@@ -569,20 +569,19 @@ class Net:
         # ... and keep what they computed from their bottoms (convolution columns)
         # when no later layer rewrites those arrays in place before backward reads
         # them.  Split tops share their bottom's array: a rewrite of one is of all.
-        root = {}
+        # (Caffe's own rules already refuse most such nets; this keeps it safe.)
+        array = {}                           # blob -> the blob whose array it holds
+
+        def array_of(name):
+            return array.get(name, name)
         for li, layer in enumerate(self.layers):
             for t in self.top_ids[li]:
-                if layer.type == "Split" or t in self.bottom_ids[li]:
-                    root[t] = root.get(self.bottom_ids[li][0] if layer.type == "Split"
-                                       else t, t)
-                else:
-                    root[t] = t
+                array[t] = array_of(self.bottom_ids[li][0] if layer.type == "Split" else t)
         rewritten = set()
         for li in range(len(self.layers) - 1, -1, -1):
-            self.layers[li].inputs_stable = not any(root.get(b, b) in rewritten
-                                                    for b in self.bottom_ids[li])
-            rewritten.update(root.get(t, t) for t in self.top_ids[li]
-                             if t in self.bottom_ids[li])
+            bottoms = self.bottom_ids[li]
+            self.layers[li].inputs_stable = not any(array_of(b) in rewritten for b in bottoms)
+            rewritten.update(array_of(t) for t in self.top_ids[li] if t in bottoms)
 
     def set_force_backward(self, force=True):
         """Turn Caffe's ``force_backward`` on or off after building."""
