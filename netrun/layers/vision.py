@@ -413,19 +413,11 @@ class ConvGeometry:
         return np.broadcast_to(w.reshape(1, G, self.K), (num, G, self.K)).reshape(num * G,
                                                                                    self.K)
 
-    def _wide_dy(self, dy, Wp):
-        """dy (num, G, oh, ow) in a wide grid (num*G, oh*Wp), zero in the extra columns."""
-        num, G, oh, ow = dy.shape
-        wide = scratch("dw_dy", (num * G, oh, Wp), dy.dtype)
-        wide[:, :, ow:] = 0
-        parallel_copyto(wide[:, :, :ow], dy.reshape(num * G, oh, ow))
-        return wide.reshape(num * G, oh * Wp)
-
     def _dw_wide_backward_data(self, dy, w, in_sp, out):
         num, G = dy.shape[:2]
         out_sp = dy.shape[2:]
         Hp, Wp, L, offs = self._wide(in_sp, out_sp)
-        dyw = self._wide_dy(dy, Wp)
+        dyw = wide_grid(dy, Wp, "dw_dy")
         wk = self._plane_weights(w, num)
         acc = scratch("dw_acc", (num * G, Hp, Wp), dy.dtype)
         (plo, _), (wlo, _) = self._pads(in_sp, out_sp)
@@ -448,7 +440,7 @@ class ConvGeometry:
         out_sp = dy.shape[2:]
         Hp, Wp, L, offs = self._wide(x.shape[2:], out_sp)
         xf = self.padded_scratch(x, out_sp, "dw_pad").reshape(num * G, Hp * Wp)
-        dyw = self._wide_dy(dy, Wp)
+        dyw = wide_grid(dy, Wp, "dw_dy")
         dw = np.empty((num * G, self.K), dy.dtype)
 
         def planes(lo, hi):
@@ -1049,13 +1041,8 @@ class _WidePlan:
         return out
 
     def spread(self, a, name):
-        """(N, C, oh, ow) -> wide grid with zeros in the discarded columns."""
-        g = self.g
-        wide, part = self.grid(a.dtype, name)
-        w3 = wide.reshape(self.NC, g.oh, self.Wq)
-        w3[:, :, g.ow:] = 0
-        w3[:, :, :g.ow] = a.reshape(self.NC, g.oh, g.ow)
-        return part
+        """(N, C, oh, ow) -> the computed part of a wide grid (see wide_grid)."""
+        return wide_grid(a, self.Wq, name)[:, :self.L]
 
     def unpad(self, flat, out):
         """(NC, size) phases of a padded plane -> its unpadded part, into ``out``."""
@@ -1072,8 +1059,14 @@ class _WidePlan:
         return out
 
 
-def _pool_plan(g, NC):
-    return _WidePlan(g, NC) if _WidePlan.usable(g, NC) else None
+def wide_grid(a, row, name):
+    """(N, C, oh, ow) as a wide grid (N*C, oh*row) in a scratch buffer, zero in the
+    columns ow..row-1 that flat-plane kernels compute and discard (see _WidePlan)."""
+    N, C, oh, ow = a.shape
+    wide = scratch(name, (N * C, oh, row), a.dtype)
+    wide[:, :, ow:] = 0
+    parallel_copyto(wide[:, :, :ow], a.reshape(N * C, oh, ow))
+    return wide.reshape(N * C, oh * row)
 
 
 def _sel_dtype(g):
