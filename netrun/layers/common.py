@@ -10,6 +10,16 @@ from ._tiles import flat_parts, run_tiles
 ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX = 0, 1, 2
 
 
+def sum_into(out, arrays):
+    """out = a0 + a1 + ... (two or more, added in this order, as Caffe), in pieces on
+    all cores when large."""
+    def add(o, a, b, *rest):
+        np.add(a, b, out=o)
+        for r in rest:
+            o += r
+    flat_parts(add, out, *arrays)
+
+
 @register("Split")
 class Split(Layer):
     """Every top shares the bottom's data;  dE/dx = sum_i dE/dy_i.
@@ -36,11 +46,7 @@ class Split(Layer):
         if len(top) == 1:
             out[...] = top[0].diff
             return
-        def add(o, a, b, *rest):
-            np.add(a, b, out=o)
-            for r in rest:
-                o += r
-        flat_parts(add, out, *(t.diff for t in top))
+        sum_into(out, [t.diff for t in top])
 
 
 @register("Silence")
@@ -95,11 +101,7 @@ class Eltwise(Layer):
         out = top[0].data
         if (self.op == ELTWISE_SUM and all(c == 1 for c in self.coeff)
                 and not any(np.shares_memory(out, x) for x in xs[1:])):
-            def add(o, a, b, *rest):                 # x0 + x1 + ..., in Caffe's order
-                np.add(a, b, out=o)
-                for r in rest:
-                    o += r
-            flat_parts(add, out, *xs)
+            sum_into(out, xs)
         elif self.op == ELTWISE_SUM:
             acc = xs[0] * self.dtype.type(self.coeff[0]) if self.coeff[0] != 1 else xs[0].copy()
             for c, x in zip(self.coeff[1:], xs[1:]):

@@ -79,18 +79,14 @@ class ReLU(NeuronLayer):
         if not propagate_down[0]:
             return
         dy = top[0].diff
-        if self._mask is not None and self.in_place(bottom, top):
-            pos = self._mask
-        elif self.slope == 0:           # Caffe's dy * (x > 0), in place when it can be
+        if self.slope == 0:             # Caffe's dy * (x > 0), in place when it can be
             flat_parts(lambda d, a, dx: np.multiply(d, a > 0, out=dx),
                        dy, bottom[0].data, bottom[0].diff)
             return
-        else:
-            pos = np.greater(bottom[0].data, 0)
-        if self.slope == 0:
-            np.multiply(dy, pos, out=bottom[0].diff)
-        else:
-            bottom[0].diff[...] = dy * np.where(pos, 1, self.dtype.type(self.slope))
+        # the mask kept by forward (in place, negative slope), else x > 0
+        in_place_mask = self._mask is not None and self.in_place(bottom, top)
+        pos = self._mask if in_place_mask else np.greater(bottom[0].data, 0)
+        bottom[0].diff[...] = dy * np.where(pos, 1, self.dtype.type(self.slope))
 
 
 @register("Sigmoid")
