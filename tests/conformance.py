@@ -189,27 +189,72 @@ def run_cli(case):
             return {k: z[k] for k in z.files}
 
 
-def _err(ours, caffe, rtol, atol):
+# -- the README's Tolerances, exactly ---------------------------------------------------------
+# Element-wise: |ours - caffe| <= atol + rtol |caffe|, atol = atol_scale * max(1, max|caffe|).
+# Backward arrays (diff/*, param_diff/*) of the net_ cases: by relative L2 error,
+#   ||ours - caffe||_2 <= L2_RTOL ||caffe||_2 + atol sqrt(n)
+# (whole array, or the 64 samples of a summary.json entry, whose sum/abs_sum/sq_sum must then
+# agree within SUM_RTOL_BACKWARD; the sum relative to abs_sum), because which way a near-tied
+# max-pooling window or a ReLU input at 0 routes a gradient depends on the BLAS kernel's
+# summation order, i.e. on the CPU kind.  Forward arrays and single-layer cases keep the
+# element-wise rule (and forward summary sums rtol 1e-3).
+L2_RTOL = 5e-2
+SUM_RTOL_BACKWARD = 1e-2
+SUM_RTOL_FORWARD = 1e-3
+
+
+def _as_pair(ours, caffe):
     ours = np.asarray(ours, np.float64)
     caffe = np.asarray(caffe, np.float64)
     if ours.shape != caffe.shape:
-        if ours.size == caffe.size:
-            ours = ours.reshape(caffe.shape)
-        else:
-            return np.inf, np.inf, f"shape {ours.shape} != {caffe.shape}"
-    diff = np.abs(ours - caffe)
+        if ours.size != caffe.size:
+            return None, None, f"shape {ours.shape} != {caffe.shape}"
+        ours = ours.reshape(caffe.shape)
     if not np.all(np.isfinite(ours)) and not np.array_equal(np.isfinite(ours), np.isfinite(caffe)):
-        return np.inf, np.inf, "non-finite values"
-    ratio = diff / (atol + rtol * np.abs(caffe))
-    if ratio.size == 0:
+        return None, None, "non-finite values"
+    return ours, caffe, ""
+
+
+def elementwise_err(ours, caffe, rtol, atol):
+    """(worst |d| / (atol + rtol |caffe|), worst |d|, note): <= 1 passes."""
+    ours, caffe, note = _as_pair(ours, caffe)
+    if note:
+        return np.inf, np.inf, note
+    if caffe.size == 0:
         return 0.0, 0.0, ""
+    diff = np.abs(ours - caffe)
+    ratio = diff / (atol + rtol * np.abs(caffe))
     return float(np.nanmax(ratio)), float(np.nanmax(diff)), ""
+
+
+def l2_err(ours, caffe, atol, rtol=L2_RTOL):
+    """(||d||_2 / (rtol ||caffe||_2 + atol sqrt(n)), worst |d|, note): <= 1 passes."""
+    ours, caffe, note = _as_pair(ours, caffe)
+    if note:
+        return np.inf, np.inf, note
+    if caffe.size == 0:
+        return 0.0, 0.0, ""
+    fin = np.isfinite(caffe)            # matching non-finite positions were checked above
+    d = np.where(fin, ours - caffe, 0.0)
+    bound = rtol * np.linalg.norm(caffe[fin]) + atol * np.sqrt(caffe.size)
+    err = float(np.linalg.norm(d))
+    return (err / bound if bound else (0.0 if err == 0 else np.inf)), float(np.max(np.abs(d))), ""
+
+
+def by_l2(case, key):
+    """Does the README compare this array of this case by relative L2?"""
+    return case.is_net and key.split("/", 1)[0] in ("diff", "param_diff")
+
+
+def _sum_ratio(d, tol):
+    return d / tol if tol else (0.0 if d == 0 else np.inf)
 
 
 class Report:
     def __init__(self, case):
         self.case = case
-        self.rows = []        # (key, ratio, abs_err, note)
+        self.rows = []        # (key, ratio, abs_err, note): ratio <= 1 passes
+        self.ew = []          # (key, element-wise ratio) of every array, for information
 
     @property
     def worst(self):
@@ -223,6 +268,21 @@ class Report:
         bad = sorted((r for r in self.rows if r[1] > 1.0), key=lambda r: -r[1])
         return "; ".join(f"{k}: {ratio:.3g}x tol (abs {a:.3g}) {note}" for k, ratio, a, note in bad[:n])
 
+    def worst_elementwise(self):
+        """The worst element-wise ratio over every array, L2-ruled ones included (information)."""
+        return max((r for r in self.ew), key=lambda r: r[1]) if self.ew else ("-", 0.0)
+
+
+def _compare_array(case, rep, key, ours, caffe, atol):
+    ew, a, note = elementwise_err(ours, caffe, case.rtol, atol)
+    rep.ew.append((key, ew))
+    if by_l2(case, key):
+        ratio, a, note = l2_err(ours, caffe, atol)
+        note = note or f"(relative L2; element-wise {ew:.3g}x)"
+        rep.rows.append((key, ratio, a, note))
+    else:
+        rep.rows.append((key, ew, a, note))
+
 
 def compare(case, ours):
     rep = Report(case)
@@ -232,8 +292,7 @@ def compare(case, ours):
             rep.rows.append((key, np.inf, np.inf, "missing"))
             continue
         atol = case.atol_scale * max(1.0, float(np.max(np.abs(caffe))) if caffe.size else 1.0)
-        ratio, a, note = _err(ours[key], caffe, case.rtol, atol)
-        rep.rows.append((key, ratio, a, note))
+        _compare_array(case, rep, key, ours[key], caffe, atol)
     for key, s in case.summary().items():
         if key in exp:
             continue
@@ -244,18 +303,17 @@ def compare(case, ours):
         if arr.size != s["count"]:
             rep.rows.append((key, np.inf, np.inf, f"count {arr.size} != {s['count']}"))
             continue
-        mx = max(abs(s["min"]), abs(s["max"]), 1.0)
-        atol = case.atol_scale * mx
-        ratio, a, note = _err(arr[np.asarray(s["sample_index"], np.int64)], s["sample"],
-                              case.rtol, atol)
-        rep.rows.append((key + "[samples]", ratio, a, note))
+        atol = case.atol_scale * max(abs(s["min"]), abs(s["max"]), 1.0)
+        _compare_array(case, rep, key + "[samples]",
+                       arr[np.asarray(s["sample_index"], np.int64)], np.asarray(s["sample"]), atol)
+        rtol = SUM_RTOL_BACKWARD if by_l2(case, key) else SUM_RTOL_FORWARD
         for stat, val in (("sum", arr.sum()), ("abs_sum", np.abs(arr).sum()),
                           ("sq_sum", np.square(arr).sum())):
             ref = s[stat]
-            # sums of many terms: relative 1e-3, with an absolute floor scaled like atol
-            tol = 1e-3 * abs(ref) + case.atol_scale * mx * np.sqrt(arr.size)
+            # the sum of signed terms is measured against abs_sum (it may cancel to ~0)
+            tol = rtol * (s["abs_sum"] if stat == "sum" else abs(ref))
             d = abs(val - ref)
-            rep.rows.append((f"{key}[{stat}]", d / tol if tol else (0.0 if d == 0 else np.inf), d, ""))
+            rep.rows.append((f"{key}[{stat}]", _sum_ratio(d, tol), d, ""))
     return rep
 
 
@@ -280,9 +338,11 @@ def main(argv):
             print(f"ERROR {name}: {type(e).__name__}: {e}")
             continue
         key, ratio, a, _ = rep.worst
+        ew_key, ew = rep.worst_elementwise()
         if rep.ok:
             npass += 1
-            print(f"PASS  {name}: worst {ratio:.3g}x tol (abs {a:.3g}) at {key}")
+            print(f"PASS  {name}: worst {ratio:.3g}x tol (abs {a:.3g}) at {key}; "
+                  f"element-wise worst {ew:.3g}x at {ew_key}")
         else:
             nfail += 1
             print(f"FAIL  {name}: {rep.failures()}")
