@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from netrun import Net
 from netrun.cli import main
 
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 LENET = CORPUS / "weights" / "lenet_mnist"
 CIFAR = CORPUS / "weights" / "cifar10_quick"
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="the model corpus /work/shared/corpus "
+pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"the model corpus {CORPUS} "
                                                             "is not on this machine")
 TOP = re.compile(r"^top-\d+ of (\S+), item (\d+)")
 ROW = re.compile(r"^\s+\d+\. class (\d+)\s+([0-9.]+)")
