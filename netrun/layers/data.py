@@ -731,7 +731,8 @@ class Python(Layer):
     """A pycaffe layer: class ``python_param.layer`` of module ``python_param.module``.
 
     It runs the user's code, so it is loaded only when the net is built with
-    ``allow_python_layers=True`` (``--allow-python-layers``).  As in pycaffe the
+    ``allow_python_layers=True`` (``--allow-python-layers``), or ``"raw"`` (pycaffe's
+    Net: exceptions raised by the user's code propagate unchanged).  As in pycaffe the
     class is instantiated with the LayerParameter, gets ``param_str`` and ``phase``
     before ``setup(bottom, top)``, then ``reshape(bottom, top)`` before every
     ``forward(bottom, top)``, and ``backward(top, propagate_down, bottom)``.
@@ -749,6 +750,9 @@ class Python(Layer):
                              "(Net(..., allow_python_layers=True)) to allow it")
         check(bool(pp.module) and bool(pp.layer), "python_param needs module and layer")
         cls = load_python_class(pp.module, pp.layer, ctx)
+        # allow_python_layers="raw" (pycaffe's Net): the user's exceptions propagate as
+        # they are, as in pycaffe, instead of becoming one-line netrun errors
+        self.raw_errors = ctx.allow_python_layers == "raw"
         try:
             if getattr(cls, "__init__", object.__init__) is object.__init__:
                 impl = cls()
@@ -757,6 +761,7 @@ class Python(Layer):
         except NetrunError:
             raise
         except Exception as e:
+            self._user_error(e)
             raise LayerError(f"{self.where}(...) raised {type(e).__name__}: {e}") from e
         blobs = getattr(impl, "blobs", None)
         if not isinstance(blobs, BlobVec):
@@ -781,7 +786,14 @@ class Python(Layer):
         except NetrunError:
             raise
         except Exception as e:
+            self._user_error(e)
             raise LayerError(f"{self.where}.{method} raised {type(e).__name__}: {e}") from e
+
+    def _user_error(self, e):
+        """In raw mode re-raise ``e`` itself, marked so the net passes it on unchanged."""
+        if self.raw_errors:
+            e.netrun_user_code = True
+            raise e
 
     def setup(self, bottom, top):
         self._call("setup", bottom, top)
