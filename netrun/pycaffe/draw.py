@@ -95,8 +95,8 @@ def _attrs(d):
     return ", ".join(f"{k}={_quote(v)}" for k, v in d.items())
 
 
-def to_dot(caffe_net, rankdir="LR", label_edges=True, phase=None, display_lrm=False):
-    """The DOT text of a NetParameter (module doc)."""
+def graph(caffe_net, rankdir="LR", label_edges=True, phase=None, display_lrm=False):
+    """(nodes {id: attributes}, edges [(src, dst, label)]) of a NetParameter (module doc)."""
     nodes = {}                # id -> attributes, in first-seen order
     edges = []
     for layer in caffe_net.layer:
@@ -114,6 +114,12 @@ def to_dot(caffe_net, rankdir="LR", label_edges=True, phase=None, display_lrm=Fa
         for t in layer.top:
             nodes.setdefault(f"{t}_blob", dict(label=t, **BLOB_STYLE))
             edges.append((lid, f"{t}_blob", get_edge_label(layer) if label_edges else ""))
+    return nodes, edges
+
+
+def to_dot(caffe_net, rankdir="LR", label_edges=True, phase=None, display_lrm=False):
+    """The DOT text of a NetParameter (module doc)."""
+    nodes, edges = graph(caffe_net, rankdir, label_edges, phase, display_lrm)
     out = [f"digraph {_quote(caffe_net.name or 'Net')} {{", f"  rankdir={rankdir};"]
     out += [f"  {_quote(nid)} [{_attrs(a)}];" for nid, a in nodes.items()]
     out += [f"  {_quote(s)} -> {_quote(d)}" + (f" [label={_quote(lab)}];" if lab else ";")
@@ -135,8 +141,13 @@ def get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None, display_lr
     pydot = _pydot()
     if pydot is None:
         raise ImportError("get_pydot_graph needs pydot: pip install pydot (or netrun[draw])")
-    return pydot.graph_from_dot_data(to_dot(caffe_net, rankdir, label_edges, phase,
-                                            display_lrm))[0]
+    nodes, edges = graph(caffe_net, rankdir, label_edges, phase, display_lrm)
+    g = pydot.Dot(_quote(caffe_net.name or "Net"), graph_type="digraph", rankdir=rankdir)
+    for nid, attrs in nodes.items():
+        g.add_node(pydot.Node(_quote(nid), **{k: _quote(v) for k, v in attrs.items()}))
+    for s, d, lab in edges:
+        g.add_edge(pydot.Edge(_quote(s), _quote(d), **({"label": _quote(lab)} if lab else {})))
+    return g
 
 
 def draw_net(caffe_net, rankdir, ext="png", phase=None, display_lrm=False):

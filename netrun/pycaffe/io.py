@@ -196,7 +196,9 @@ class Transformer:
 
     def deprocess(self, in_, data):
         self._check(in_)
-        x = np.array(data, copy=True).squeeze()
+        x = np.array(data, copy=True)
+        while x.ndim > len(self.inputs[in_]) - 1 and x.shape[0] == 1:
+            x = x[0]             # the batch axis only (pycaffe squeezes a 1-channel axis too)
         if self.input_scale.get(in_) is not None:
             x /= self.input_scale[in_]
         if self.mean.get(in_) is not None:

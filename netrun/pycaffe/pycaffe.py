@@ -106,6 +106,17 @@ def _glog_quiet():
         return False
 
 
+def _warn(message):
+    """netrun's notes (upgrades, Caffe quirks): Python warnings, silent when
+    GLOG_minloglevel >= 2 as Caffe's log is."""
+    try:
+        if int(os.environ.get("GLOG_minloglevel", "0")) >= 2:
+            return
+    except ValueError:
+        pass
+    warnings.warn(message, _net.NetrunWarning, stacklevel=4)
+
+
 class Timer:
     """pycaffe's Timer: ``start()``, ``stop()``, ``ms`` (wall-clock milliseconds)."""
 
@@ -151,6 +162,7 @@ class Net(_net.Net):
     def __init__(self, model, *args, weights=None, **kw):
         kw.setdefault("allow_python_layers", "raw")
         kw.setdefault("seed", _seed())
+        kw.setdefault("warn", _warn)
         h5 = None
         pos = []
         for a in args:                     # an .h5 weights file is read below
