@@ -328,7 +328,7 @@ class Net(_net.Net):
 
     def _owned_params(self):
         for li, layer in enumerate(self.layers):
-            yield li, [(k, b) for k, b in enumerate(layer.blobs) if not self.param_owned(li, k)]
+            yield li, [(k, b) for k, b in enumerate(layer.blobs) if self.param_owned(li, k)]
 
     def save_hdf5(self, path):
         """Caffe's ToHDF5: group ``data/<layer>`` per layer holding datasets ``0``, ``1``...
@@ -368,7 +368,7 @@ class Net(_net.Net):
                                       f"layer has {len(blobs)} parameter blobs", path)
                 for k, blob in enumerate(blobs):
                     if str(k) not in group:
-                        if not self.param_owned(li, k):
+                        if self.param_owned(li, k):       # a shared one may be missing
                             raise NetrunError(f'layer "{name}": parameter {k} is missing', path)
                         continue
                     arr = np.asarray(group[str(k)])
