@@ -242,7 +242,8 @@ def test_set_input_arrays_memory_data(tmp_path):
     sums = []
     for _ in range(3):                                      # batches go round
         sums.append(net.forward()["ip"].ravel().tolist())
-        labels = net.blobs["label"].data.tolist()
+        labels = net.blobs["label"].data.ravel().tolist()
+    assert net.blobs["label"].shape == (2, 1, 1, 1)            # as Caffe
     assert sums == [[3, 12], [21, 30], [3, 12]] and labels == [10, 11]
     with pytest.raises(NetrunError, match="multiple of the batch size"):
         net.set_input_arrays(data[:3], np.zeros(3, np.float32))

@@ -57,6 +57,12 @@ def _first(values, default):
 
 
 def get_layer_label(layer, rankdir, display_lrm=False):
+    """The node label as pycaffe gives it: in double quotes, lines joined by a literal
+    backslash-n (see :func:`layer_label`)."""
+    return '"' + layer_label(layer, rankdir, display_lrm).replace("\n", "\\n") + '"'
+
+
+def layer_label(layer, rankdir, display_lrm=False):
     """Name, (Type) -- (Pooling MAX) for pooling --, kernel/stride/pad of spatial layers,
     and the lr multipliers when asked; one per line for LR/RL graphs."""
     sep = " " if rankdir in ("TB", "BT") else "\n"
@@ -107,7 +113,7 @@ def graph(caffe_net, rankdir="LR", label_edges=True, phase=None, display_lrm=Fal
         style = dict(NEURON_LAYER_STYLE if in_place else LAYER_STYLE_DEFAULT)
         if not in_place:
             style["fillcolor"] = choose_color_by_layertype(layer.type)
-        nodes[lid] = dict(label=get_layer_label(layer, rankdir, display_lrm), **style)
+        nodes[lid] = dict(label=layer_label(layer, rankdir, display_lrm), **style)
         for b in layer.bottom:
             nodes[f"{b}_blob"] = dict(label=b, **BLOB_STYLE)
             edges.append((f"{b}_blob", lid, ""))

@@ -142,8 +142,8 @@ def to_proto(*tops):
     """A NetParameter with every layer needed to compute ``tops`` (automatic names)."""
     layers = OrderedDict()
     autonames = Counter()
-    for top in tops:
-        top.fn._to_proto(layers, {}, autonames)
+    for top in tops:                 # a Function (ntop=0) too, which pycaffe refuses
+        (top if isinstance(top, Function) else top.fn)._to_proto(layers, {}, autonames)
     net = caffe_pb2.NetParameter()
     net.layer.extend(layers.values())
     return net
@@ -175,7 +175,7 @@ class NetSpec:
         autonames = Counter()
         layers = OrderedDict()
         for top in self.tops.values():
-            top._to_proto(layers, names, autonames)
+            top._to_proto(layers, names, autonames)     # a Top, or a Function (ntop=0)
         net = caffe_pb2.NetParameter()
         net.layer.extend(layers.values())
         return net

@@ -179,6 +179,10 @@ class Net(_net.Net):
         types = {t: layer.type for layer, tops in zip(self.layers, self.top_ids) for t in tops}
         self.inputs = [n for n in self.inputs if types.get(n) == "Input"]
         self._memory = None
+        for layer, tops in zip(self.layers, self.top_ids):
+            if layer.type == "MemoryData":        # Caffe's label top is (N, 1, 1, 1)
+                label = self.blobs[tops[1]]
+                label.reshape(label.shape + (1, 1, 1))
         self._callbacks = {"before_forward": [], "after_forward": [], "before_backward": [],
                            "after_backward": []}
         if h5 is not None:
