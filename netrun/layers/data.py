@@ -659,8 +659,7 @@ class BlobVec(list):
 
 
 class PyLayerBase:
-    """Base class of pycaffe layers (``caffe.Layer``) for modules that import caffe
-    where pycaffe is not installed."""
+    """Base class of pycaffe layers: ``caffe.Layer`` of :mod:`netrun.pycaffe`."""
 
     def __init__(self, param=None):
         self.param = param
@@ -682,22 +681,16 @@ class PyLayerBase:
 
 
 def ensure_caffe_module():
-    """Let ``import caffe`` work in layer modules: when pycaffe is not installed, a
-    minimal ``caffe`` module (Layer, TRAIN, TEST, Net) goes into sys.modules."""
+    """Let ``import caffe`` work in layer modules: when pycaffe is not installed,
+    ``caffe`` (and ``caffe.io``, ``caffe.proto``...) become netrun's pycaffe API,
+    :mod:`netrun.pycaffe`, in this process."""
     if "caffe" in sys.modules:
         return
     import importlib.util
     if importlib.util.find_spec("caffe") is not None:
         return
-    import types
-    mod = types.ModuleType("caffe", "netrun's stand-in for pycaffe (Python layers only)")
-    mod.Layer = PyLayerBase
-    mod.TRAIN, mod.TEST = 0, 1
-    from ..blob import Blob
-    from ..net import Net
-    mod.Blob, mod.Net = Blob, Net
-    mod.__netrun_stub__ = True
-    sys.modules["caffe"] = mod
+    from ..pycaffe.runner import install
+    install()
 
 
 def load_python_class(module, layer, ctx):
