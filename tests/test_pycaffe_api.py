@@ -573,6 +573,11 @@ def test_runner_aliases_caffe_modules(tmp_path):
                           "import caffe, sys; print(caffe.__name__, sys.argv)", "x"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "netrun.pycaffe ['-c', 'x']", res.stderr
+    # netrun's user errors: one line, exit status 2, as every netrun command
+    res = subprocess.run([sys.executable, "-m", "netrun", "pycaffe", "-q", "-c",
+                          "import caffe; caffe.Net('missing.prototxt', caffe.TEST)"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr == "netrun: error: missing.prototxt: no such file\n"
     # nothing is installed: outside the runner there is no caffe module
     res = subprocess.run([sys.executable, "-c", "import netrun.pycaffe, caffe"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=120)
