@@ -261,6 +261,7 @@ def test_python_layers(tmp_path, pymodule):
     net.blobs["two"].diff[...] = 1
     net.backward()
     assert net.blobs["data"].diff.tolist() == [[20.0] * 3] * 2
+    assert net.layer_dict["two"].k == 2.0              # the user's object's attributes
     net.blobs["data"].reshape(4, 1)
     assert net.forward()["two"].shape == (4, 1)
 

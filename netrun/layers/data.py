@@ -782,6 +782,13 @@ class Python(Layer):
             self._user_error(e)
             raise LayerError(f"{self.where}.{method} raised {type(e).__name__}: {e}") from e
 
+    def __getattr__(self, name):
+        """The user's own attributes (pycaffe's ``net.layers[i]`` is the user's object)."""
+        impl = self.__dict__.get("impl")
+        if impl is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(impl, name)
+
     def _user_error(self, e):
         """In raw mode re-raise ``e`` itself, marked so the net passes it on unchanged."""
         if self.raw_errors:
