@@ -252,7 +252,7 @@ def test_set_input_arrays_memory_data(tmp_path):
 # -- Python layers -------------------------------------------------------------------------
 def test_python_layers(tmp_path, pymodule):
     text = f"""name: 'py' force_backward: true
-    input: 'data' input_shape {{ dim: 2 dim: 3 }}
+    layer {{ name: 'data' type: 'Input' top: 'data' input_param {{ shape {{ dim: 2 dim: 3 }} }} }}
     layer {{ type: 'Python' name: 'one' bottom: 'data' top: 'one' python_param {{ module: '{pymodule}' layer: 'Times' }} }}
     layer {{ type: 'Python' name: 'two' bottom: 'one' top: 'two' python_param {{ module: '{pymodule}' layer: 'Times' param_str: '2' }} }}"""
     net = caffe.Net(write(tmp_path, "p.prototxt", text), caffe.TRAIN)
@@ -267,7 +267,7 @@ def test_python_layers(tmp_path, pymodule):
 
 
 def test_python_layer_errors_propagate_unchanged(tmp_path, pymodule):
-    text = f"""input: 'data' input_shape {{ dim: 1 }}
+    text = f"""layer {{ name: 'data' type: 'Input' top: 'data' input_param {{ shape {{ dim: 1 }} }} }}
     layer {{ type: 'Python' name: 'b' bottom: 'data' top: 'b' python_param {{ module: '{pymodule}' layer: 'Broken' param_str: 'x' }} }}"""
     with pytest.raises(ValueError, match="bad param_str 'x'"):
         caffe.Net(write(tmp_path, "b.prototxt", text), caffe.TEST)
