@@ -1,4 +1,4 @@
-"""pycaffe on netrun: the ``caffe`` module namespace (``Net``, ``SGDSolver``, ``io``, ``NetSpec``...).
+"""pycaffe on netrun: the ``caffe`` module (``Net``, ``SGDSolver``, ``io``, ``NetSpec``...).
 
 ``netrun pycaffe SCRIPT.py`` / ``python -m netrun.pycaffe SCRIPT.py`` run an
 unmodified pycaffe script with ``import caffe`` (and ``caffe.io``,

@@ -109,7 +109,8 @@ def graph(caffe_net, rankdir="LR", label_edges=True, phase=None, display_lrm=Fal
         if not _included(layer, phase):
             continue
         lid = f"{layer.name}_{layer.type}"
-        in_place = len(layer.bottom) == 1 and len(layer.top) == 1 and layer.bottom[0] == layer.top[0]
+        in_place = (len(layer.bottom) == 1 and len(layer.top) == 1
+                    and layer.bottom[0] == layer.top[0])
         style = dict(NEURON_LAYER_STYLE if in_place else LAYER_STYLE_DEFAULT)
         if not in_place:
             style["fillcolor"] = choose_color_by_layertype(layer.type)

@@ -179,10 +179,13 @@ class Net(_net.Net):
         types = {t: layer.type for layer, tops in zip(self.layers, self.top_ids) for t in tops}
         self.inputs = [n for n in self.inputs if types.get(n) == "Input"]
         self._memory = None
-        for layer, tops in zip(self.layers, self.top_ids):
-            if layer.type == "MemoryData":        # Caffe's label top is (N, 1, 1, 1)
-                label = self.blobs[tops[1]]
-                label.reshape(label.shape + (1, 1, 1))
+        memory = [tops for layer, tops in zip(self.layers, self.top_ids)
+                  if layer.type == "MemoryData"]
+        for tops in memory:                       # Caffe's label top is (N, 1, 1, 1)
+            label = self.blobs[tops[1]]
+            label.reshape(label.shape + (1, 1, 1))
+        if memory:
+            self.reshape()
         self._callbacks = {"before_forward": [], "after_forward": [], "before_backward": [],
                            "after_backward": []}
         if h5 is not None:
@@ -229,13 +232,14 @@ class Net(_net.Net):
     def after_backward(self, fn):
         self._callbacks["after_backward"].append(fn)
 
-    def forward(self, blobs=None, start=None, end=None, **kwargs):
+    def forward(self, blobs=None, start=None, end=None, on_layer=None, timer=None, **kwargs):
         s = self._layer_index(start, 0)
         e = self._layer_index(end, len(self.layers) - 1)
         self._feed_memory(s, e)
         cbs = self._callbacks
-        if not (cbs["before_forward"] or cbs["after_forward"]):
-            return super().forward(blobs=blobs, start=start, end=end, **kwargs)
+        if not (cbs["before_forward"] or cbs["after_forward"]) or on_layer or timer:
+            return super().forward(blobs=blobs, start=start, end=end, on_layer=on_layer,
+                                   timer=timer, **kwargs)
         for name, arr in kwargs.items():
             self.set_input(name, arr)
         loss = 0.0
@@ -250,10 +254,11 @@ class Net(_net.Net):
         wanted = base + [b for b in (blobs or []) if b not in base]
         return OrderedDict((n, self.blobs[n].data) for n in wanted)
 
-    def backward(self, diffs=None, start=None, end=None, **kwargs):
+    def backward(self, diffs=None, start=None, end=None, on_layer=None, timer=None, **kwargs):
         cbs = self._callbacks
-        if not (cbs["before_backward"] or cbs["after_backward"]):
-            return super().backward(diffs=diffs, start=start, end=end, **kwargs)
+        if not (cbs["before_backward"] or cbs["after_backward"]) or on_layer or timer:
+            return super().backward(diffs=diffs, start=start, end=end, on_layer=on_layer,
+                                    timer=timer, **kwargs)
         s = self._layer_index(start, len(self.layers) - 1)
         e = self._layer_index(end, 0)
         out = None
