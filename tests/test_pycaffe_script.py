@@ -16,7 +16,7 @@ DIGITS = ROOT / "models" / "digits"
 
 
 def pycaffe_env():
-    env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTHONSTARTUP", None)
     return env
 
@@ -86,3 +86,16 @@ def test_classifier_predict(run):
     over = a["probs_oversampled"]
     assert over.shape == (10, 10)
     np.testing.assert_allclose(over.sum(1), 1.0, atol=1e-5)
+
+
+def test_python_loss_layer_and_sgd_match_real_pycaffe(tmp_path):
+    """Forward, backward and three SGD steps (momentum, weight decay) through a Python loss
+    layer with loss_weight 3: the numbers real pycaffe wrote (real_pycaffe.npy)."""
+    folder = SCRIPT.parent / "pyloss_check"
+    res = subprocess.run([sys.executable, "-m", "netrun", "pycaffe", "check_pyloss.py",
+                          str(tmp_path / "out.npy")], cwd=folder, env=pycaffe_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got, want = np.load(tmp_path / "out.npy"), np.load(folder / "real_pycaffe.npy")
+    assert got.shape == want.shape == (35,)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
