@@ -583,3 +583,31 @@ def test_runner_aliases_caffe_modules(tmp_path):
     res = subprocess.run([sys.executable, "-c", "import netrun.pycaffe, caffe"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "No module named 'caffe'" in res.stderr
+
+
+def test_hdf5_snapshots(tmp_path, monkeypatch):
+    h5py = pytest.importorskip("h5py")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GLOG_minloglevel", "2")
+    net = write(tmp_path, "const.prototxt", SIMPLE.replace("type: 'gaussian' std: 1 }",
+                                                           "type: 'constant' value: 0.5 }"))
+    path = write(tmp_path, "solver.prototxt", f"""net: '{net}' base_lr: 0.01 lr_policy: 'fixed'
+        type: 'Adam' max_iter: 20 snapshot_prefix: "model" snapshot_format: HDF5""")
+    straight = caffe.get_solver(path)
+    straight.step(4)
+    first = caffe.get_solver(path)
+    first.step(2)
+    first.snapshot()
+    with h5py.File("model_iter_2.solverstate.h5", "r") as f:       # Caffe's layout
+        assert f["iter"][()].tolist() == [2] and f["current_step"][()].tolist() == [0]
+        assert f["learned_net"][()] == b"model_iter_2.caffemodel.h5"
+        assert sorted(f["history"]) == ["0", "1", "2", "3", "4", "5", "6", "7"]   # Adam: 2 x 4
+    with h5py.File("model_iter_2.caffemodel.h5", "r") as f:
+        assert f["data/ip/0"].shape == (13, 11 * 8 * 9)
+    resumed = caffe.get_solver(path)
+    resumed.restore("model_iter_2.solverstate.h5")
+    assert resumed.iter == 2
+    resumed.step(2)
+    for name in ("conv", "ip"):
+        for a, b in zip(resumed.net.params[name], straight.net.params[name]):
+            np.testing.assert_array_equal(a.data, b.data)

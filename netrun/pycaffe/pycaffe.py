@@ -339,18 +339,19 @@ class Net(_net.Net):
         for li, layer in enumerate(self.layers):
             yield li, [(k, b) for k, b in enumerate(layer.blobs) if self.param_owned(li, k)]
 
-    def save_hdf5(self, path):
+    def save_hdf5(self, path, diff=False):
         """Caffe's ToHDF5: group ``data/<layer>`` per layer holding datasets ``0``, ``1``...
-        of the parameters the layer owns."""
+        of the parameters the layer owns (and group ``diff`` alike when ``diff``)."""
         from ..layers.data import need_h5py
         h5py = need_h5py("save_hdf5")
         path = os.fspath(path)
         with h5py.File(path, "w") as f:
-            g = f.create_group("data")
-            for li, owned in self._owned_params():
-                lg = g.create_group(self._layer_names[li])
-                for k, blob in owned:
-                    lg.create_dataset(str(k), data=np.asarray(blob.data))
+            for group, attr in (("data", "data"), ("diff", "diff"))[:2 if diff else 1]:
+                g = f.create_group(group)
+                for li, owned in self._owned_params():
+                    lg = g.create_group(self._layer_names[li])
+                    for k, blob in owned:
+                        lg.create_dataset(str(k), data=np.asarray(getattr(blob, attr)))
 
     def load_hdf5(self, path):
         """Caffe's CopyTrainedLayersFromHDF5: layers matched by name (others ignored);
@@ -416,6 +417,13 @@ class _PycaffeSolver:
             param = filename
         else:
             param = read_solver_param(filename)
+        # snapshot_format: HDF5 is written here (netrun's solver writes BINARYPROTO)
+        self._hdf5 = param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        if self._hdf5:
+            copy = caffe_pb2.SolverParameter()
+            copy.CopyFrom(param)
+            copy.snapshot_format = caffe_pb2.SolverParameter.BINARYPROTO
+            param = copy
         if "seed" not in kw and param.random_seed < 0:
             kw["seed"] = _seed()
         kw.setdefault("log", None if _glog_quiet() else log)
@@ -441,6 +449,57 @@ class _PycaffeSolver:
     def lr(self):
         """The learning rate at the current iteration."""
         return _solver.learning_rate(self.param, self.iter, self.current_step)[0]
+
+    def snapshot_filename(self, ext):
+        """``<snapshot_prefix>_iter_<N><ext>``, relative to the working folder as in Caffe."""
+        return f"{self.param.snapshot_prefix}_iter_{self.iter}{ext}"
+
+    def snapshot(self):
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (``.caffemodel.h5``
+        and ``.solverstate.h5`` with ``snapshot_format: HDF5``, Caffe's layout)."""
+        if not self._hdf5:
+            return super().snapshot()
+        from ..layers.data import need_h5py
+        h5py = need_h5py("snapshot_format HDF5")
+        model = self.snapshot_filename(".caffemodel.h5")
+        self.log(f"Snapshotting to HDF5 file {model}")
+        self.net.save_hdf5(model, diff=bool(self.param.snapshot_diff))
+        path = self.snapshot_filename(".solverstate.h5")
+        self.log(f"Snapshotting solver state to HDF5 file {path}")
+        with h5py.File(path, "w") as f:
+            f.create_dataset("iter", data=np.array([self.iter], np.int32))
+            f.create_dataset("learned_net", data=np.bytes_(model.encode()))  # fixed-length
+            f.create_dataset("current_step", data=np.array([self.current_step], np.int32))
+            g = f.create_group("history")
+            for k, h in enumerate(self.history):
+                g.create_dataset(str(k), data=h)
+        self._last_snapshot = self.iter
+        return model, path
+
+    def restore(self, path):
+        """Continue from a ``.solverstate`` or a ``.solverstate.h5``."""
+        if not os.fspath(path).endswith(".h5"):
+            return super().restore(path)
+        from ..layers.data import need_h5py
+        h5py = need_h5py("restoring an HDF5 solver state")
+        path = os.fspath(path)
+        with h5py.File(path, "r") as f:
+            if "learned_net" in f:
+                learned = f["learned_net"][()]
+                learned = learned.decode() if isinstance(learned, bytes) else str(learned)
+                self.net.copy_from(self._find_learned_net(learned, path))
+            self.iter = int(np.ravel(f["iter"][()])[0])
+            self.current_step = int(np.ravel(f["current_step"][()])[0])
+            hist = f["history"]
+            if len(hist) != len(self.history):
+                raise NetrunError(f"holds {len(hist)} history blobs, the {self.param.type} "
+                                  f"solver of this net needs {len(self.history)}", path)
+            for k in range(len(self.history)):
+                arr = np.asarray(hist[str(k)], self.dtype)
+                if arr.size != self.history[k].size:
+                    raise NetrunError(f"history blob {k} has shape {arr.shape}, the parameter "
+                                      f"has {self.history[k].shape}", path)
+                self.history[k] = arr.reshape(self.history[k].shape).copy()
 
     def share_weights(self, net):
         """Make ``net``'s same-named layers use this solver's train-net weights."""
