@@ -180,6 +180,8 @@ SETUP_ERRORS = (ValueError, IndexError, ZeroDivisionError, OverflowError, TypeEr
 
 
 def invalid_parameters(e):
+    if getattr(e, "netrun_user_code", False):   # a Python layer's own error (pycaffe mode)
+        raise e
     return NetrunError(f"invalid parameters ({type(e).__name__}: {e})")
 
 

@@ -205,6 +205,7 @@ class Solver:
     """
     type = None
     history_sets = 1
+    net_class = None          # the Net class of the solver's nets (None: netrun.Net)
 
     def __init__(self, solver, weights=None, seed=None, dtype=np.float32, log=None,
                  inputs=None, warn=None, base_dir=None, level=None, stages=()):
@@ -277,7 +278,7 @@ class Solver:
                   dtype=self.dtype, seed=seed, input_shapes=shapes or None)
         if self._warn is not None:
             kw["warn"] = self._warn
-        return Net(source, **kw)
+        return (self.net_class or Net)(source, **kw)
 
     def _init_train_net(self):
         p = self.param
@@ -428,6 +429,7 @@ class Solver:
                 self.test_all()
                 if self.requested_early_exit:
                     break
+            self.on_start()
             display = p.display and self.iter % p.display == 0
             loss = 0.0
             for _ in range(p.iter_size):
@@ -438,6 +440,7 @@ class Solver:
             if display:
                 self.log(f"Iteration {self.iter}, loss = {fmt(self.smoothed_loss)}")
                 self._log_outputs(self.net, "Train")
+            self.on_gradients_ready()
             self.apply_update(display)
             self.iter += 1
             for cb in self.callbacks:
@@ -486,6 +489,12 @@ class Solver:
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         self.log("Optimization Done.")
+
+    def on_start(self):
+        """Called at the start of each iteration, after any test (pycaffe's callbacks)."""
+
+    def on_gradients_ready(self):
+        """Called after each iteration's backward, before the update (pycaffe's callbacks)."""
 
     # -- testing ----------------------------------------------------------------------------
     def share_trained_layers(self, test_net):

@@ -659,8 +659,7 @@ class BlobVec(list):
 
 
 class PyLayerBase:
-    """Base class of pycaffe layers (``caffe.Layer``) for modules that import caffe
-    where pycaffe is not installed."""
+    """Base class of pycaffe layers: ``caffe.Layer`` of :mod:`netrun.pycaffe`."""
 
     def __init__(self, param=None):
         self.param = param
@@ -682,22 +681,16 @@ class PyLayerBase:
 
 
 def ensure_caffe_module():
-    """Let ``import caffe`` work in layer modules: when pycaffe is not installed, a
-    minimal ``caffe`` module (Layer, TRAIN, TEST, Net) goes into sys.modules."""
+    """Let ``import caffe`` work in layer modules: when pycaffe is not installed,
+    ``caffe`` (and ``caffe.io``, ``caffe.proto``...) become netrun's pycaffe API,
+    :mod:`netrun.pycaffe`, in this process."""
     if "caffe" in sys.modules:
         return
     import importlib.util
     if importlib.util.find_spec("caffe") is not None:
         return
-    import types
-    mod = types.ModuleType("caffe", "netrun's stand-in for pycaffe (Python layers only)")
-    mod.Layer = PyLayerBase
-    mod.TRAIN, mod.TEST = 0, 1
-    from ..blob import Blob
-    from ..net import Net
-    mod.Blob, mod.Net = Blob, Net
-    mod.__netrun_stub__ = True
-    sys.modules["caffe"] = mod
+    from ..pycaffe.runner import install
+    install()
 
 
 def load_python_class(module, layer, ctx):
@@ -731,7 +724,8 @@ class Python(Layer):
     """A pycaffe layer: class ``python_param.layer`` of module ``python_param.module``.
 
     It runs the user's code, so it is loaded only when the net is built with
-    ``allow_python_layers=True`` (``--allow-python-layers``).  As in pycaffe the
+    ``allow_python_layers=True`` (``--allow-python-layers``), or ``"raw"`` (pycaffe's
+    Net: exceptions raised by the user's code propagate unchanged).  As in pycaffe the
     class is instantiated with the LayerParameter, gets ``param_str`` and ``phase``
     before ``setup(bottom, top)``, then ``reshape(bottom, top)`` before every
     ``forward(bottom, top)``, and ``backward(top, propagate_down, bottom)``.
@@ -749,6 +743,9 @@ class Python(Layer):
                              "(Net(..., allow_python_layers=True)) to allow it")
         check(bool(pp.module) and bool(pp.layer), "python_param needs module and layer")
         cls = load_python_class(pp.module, pp.layer, ctx)
+        # allow_python_layers="raw" (pycaffe's Net): the user's exceptions propagate as
+        # they are, as in pycaffe, instead of becoming one-line netrun errors
+        self.raw_errors = ctx.allow_python_layers == "raw"
         try:
             if getattr(cls, "__init__", object.__init__) is object.__init__:
                 impl = cls()
@@ -757,6 +754,7 @@ class Python(Layer):
         except NetrunError:
             raise
         except Exception as e:
+            self._user_error(e)
             raise LayerError(f"{self.where}(...) raised {type(e).__name__}: {e}") from e
         blobs = getattr(impl, "blobs", None)
         if not isinstance(blobs, BlobVec):
@@ -781,7 +779,21 @@ class Python(Layer):
         except NetrunError:
             raise
         except Exception as e:
+            self._user_error(e)
             raise LayerError(f"{self.where}.{method} raised {type(e).__name__}: {e}") from e
+
+    def __getattr__(self, name):
+        """The user's own attributes (pycaffe's ``net.layers[i]`` is the user's object)."""
+        impl = self.__dict__.get("impl")
+        if impl is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(impl, name)
+
+    def _user_error(self, e):
+        """In raw mode re-raise ``e`` itself, marked so the net passes it on unchanged."""
+        if self.raw_errors:
+            e.netrun_user_code = True
+            raise e
 
     def setup(self, bottom, top):
         self._call("setup", bottom, top)
