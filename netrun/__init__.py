@@ -1,7 +1,7 @@
 """netrun: run Caffe networks forward and backward in pure Python, with Caffe's numbers.
 
-The names mirror pycaffe's ``caffe`` module, so ``import netrun as caffe`` runs
-most pycaffe scripts::
+``netrun.Net`` mirrors pycaffe's ``caffe.Net``; the whole pycaffe API is
+``netrun.pycaffe`` (``netrun pycaffe SCRIPT.py`` runs an unmodified pycaffe script)::
 
     net = netrun.Net("deploy.prototxt", "w.caffemodel", netrun.TEST)
     net.blobs["data"].data[...] = x
