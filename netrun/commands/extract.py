@@ -2,7 +2,7 @@
 import click
 
 from ..memory import parse_size
-from .common import json_option, parse_assignments, parse_shape, print_json
+from .common import json_option, parse_assignments, parse_shape, print_json, warn
 
 
 @click.command("extract")
@@ -86,12 +86,12 @@ def extract_command(model, **o):
             dtype=o["dtype"], seed=o["seed"], allow_python_layers=o["allow_python_layers"],
             max_memory=parse_size(o["max_memory"]) if o["max_memory"] else "default",
             progress=None if o["progress"] is None else (o["progress"] and not o["quiet"]),
-            report=report)
+            report=report, warn=warn)
     if o["as_json"]:
         print_json(report)
     elif not o["quiet"]:
         skipped = report["skipped"]
-        click.echo(f"{report['out']}: {report['items']} items, {len(report['blobs'])} blobs "
+        click.echo(f"{report['out']}: {report['items']} items, {len(report['blobs'])} blob(s) "
                    f"({', '.join(report['blobs'])}); computed {report['chunks_computed']} of "
                    f"{report['chunks']} chunks in {report['seconds']:.1f} s "
                    f"({report['items_per_second'] or 0:,.1f} items/s)"

@@ -38,12 +38,19 @@ def _keys_sha256(keys):
     return h.hexdigest()
 
 
+def _warn(message):
+    import warnings
+    from ..net import NetrunWarning
+    warnings.warn(message, NetrunWarning, stacklevel=3)
+
+
 def extract(model, data, out, weights=None, blobs=None, batch_size=64, chunk_size=None,
             engine="local", scheduler="local:2", resume=False, overwrite=False, skip_bad=False,
             raw_scale=None, mean=None, mean_file=None, scale=None, input_name=None,
             input_shape=None, h5_dataset=None, root_folder=None, phase="test", level=0,
             stages=(), edits=(), dtype="float32", seed=0, allow_python_layers=False,
-            max_memory="default", progress=None, report=None, retries=3, _fault=None):
+            max_memory="default", progress=None, report=None, retries=3, warn=None,
+            _fault=None):
     """Run ``model`` over every item of ``data`` and store the ``blobs`` in ``out``.
 
     ``data``: a directory or glob of images, a Caffe ImageData list (``path
@@ -60,7 +67,8 @@ def extract(model, data, out, weights=None, blobs=None, batch_size=64, chunk_siz
     skips the chunks already complete in ``out``; ``skip_bad`` records unreadable
     or ill-shaped items in the store (their rows stay zero) instead of stopping.
     ``progress``: show a progress bar on stderr (default: when it is a terminal).
-    ``report``: a dict to fill with the run's summary.  Returns ``out``.
+    ``report``: a dict to fill with the run's summary; ``warn(message)``: where
+    warnings go (default: :class:`netrun.NetrunWarning`).  Returns ``out``.
     """
     from .engines import Progress, run_dask, run_local
     from .sources import open_source
@@ -80,7 +88,7 @@ def extract(model, data, out, weights=None, blobs=None, batch_size=64, chunk_siz
         blobs = [b.strip() for b in blobs.split(",") if b.strip()]
     source = open_source(data, h5_dataset=h5_dataset, root_folder=root_folder)
     keys = source.list()
-    labels = source.labels
+    labels, source.labels = source.labels, None         # the tasks need neither
     n = len(keys)
 
     # build the net once here: it checks the model, the blobs and the input
@@ -127,6 +135,11 @@ def extract(model, data, out, weights=None, blobs=None, batch_size=64, chunk_siz
     del net, probe
 
     preprocessing = {"raw_scale": raw_scale, "mean": mean, "mean_file": mean_file, "scale": scale}
+    if source.kind == "arrays" and any(v is not None for v in preprocessing.values()):
+        given = ", ".join("--" + k.replace("_", "-") for k, v in preprocessing.items()
+                          if v is not None)
+        (warn or _warn)(f"{given}: ignored for {data}: arrays are fed as they are "
+                        "(preprocessing applies to images and 8-bit Datums)")
     if mean and mean_file:
         raise NetrunError("give --mean or --mean-file, not both")
     from .. import __version__
@@ -152,7 +165,7 @@ def extract(model, data, out, weights=None, blobs=None, batch_size=64, chunk_siz
                 "edits": tuple(edits), "input_shapes": shapes,
                 "allow_python_layers": allow_python_layers, "max_memory": max_memory},
         "input": input_name, "item_shape": item_shape, "batch_size": batch_size,
-        "chunk_size": chunk_size, "items": n, "keys": keys, "source": source,
+        "chunk_size": chunk_size, "items": n, "source": source,
         "data": str(data), "preprocessing": preprocessing, "skip_bad": skip_bad,
         "blobs": blob_shapes, "store": store,
         "write_in_task": store.shared or engine == "local", "fault": _fault,
@@ -171,9 +184,9 @@ def extract(model, data, out, weights=None, blobs=None, batch_size=64, chunk_siz
     t_run = time.perf_counter()
     try:
         if engine == "local":
-            run_local(spec, store, pending, on_done)
+            run_local(spec, store, pending, keys, on_done)
         else:
-            run_dask(spec, store, pending, on_done, scheduler, retries=retries)
+            run_dask(spec, store, pending, keys, on_done, scheduler, retries=retries)
     finally:
         bar.close()
     seconds = time.perf_counter() - t_run

@@ -1,6 +1,6 @@
 """Running the chunks: one task function, two engines.
 
-``run_chunk(spec, i)`` is the whole job for chunk ``i`` (items
+``run_chunk(spec, i, keys)`` is the whole job for chunk ``i`` (items
 ``i * chunk_size`` up to the next chunk): read its items from the source,
 preprocess them, run the net batch by batch (the last batch padded to the
 batch size, so every item is computed in a batch of exactly ``--batch-size``:
@@ -55,12 +55,11 @@ def chunk_bounds(spec, i):
     return lo, min(lo + spec["chunk_size"], spec["items"])
 
 
-def compute_chunk(spec, i):
+def compute_chunk(spec, i, keys):
     """(arrays of the chunk's rows per blob, skipped [(index, key, reason)]) or raise."""
     from ..io.images import preprocess
     net, mean = get_net(spec)
     lo, hi = chunk_bounds(spec, i)
-    keys = spec["keys"][lo:hi]
     b = spec["batch_size"]
     name = spec["input"]
     item_shape = tuple(spec["item_shape"])
@@ -97,14 +96,15 @@ def compute_chunk(spec, i):
     return out, skipped
 
 
-def run_chunk(spec, i):
-    """Compute chunk ``i`` and (with a shared store) write it; a small status dict.
+def run_chunk(spec, i, keys):
+    """Compute chunk ``i`` (its item ``keys``) and, with a shared store, write it; a
+    small status dict.
 
     A NetrunError (a bad item) comes back as ``status["error"]`` rather than as an
     exception, so Dask does not retry it."""
     t0 = time.perf_counter()
     try:
-        arrays, skipped = compute_chunk(spec, i)
+        arrays, skipped = compute_chunk(spec, i, keys)
     except NetrunError as e:
         return {"chunk": i, "error": str(e)}
     lo, hi = chunk_bounds(spec, i)
@@ -126,9 +126,10 @@ def run_chunk(spec, i):
 
 
 # -- engines ---------------------------------------------------------------------------------
-def run_local(spec, store, pending, on_done):
+def run_local(spec, store, pending, keys, on_done):
     for i in pending:
-        status = run_chunk(spec, i)
+        lo, hi = chunk_bounds(spec, i)
+        status = run_chunk(spec, i, keys[lo:hi])
         if status["error"]:
             raise NetrunError(status["error"])
         _finish(store, spec, status)
@@ -177,7 +178,7 @@ def _cluster(scheduler):
             from None
 
 
-def run_dask(spec, store, pending, on_done, scheduler, retries=3):
+def run_dask(spec, store, pending, keys, on_done, scheduler, retries=3):
     import distributed
     client, cluster = _cluster(scheduler)
     own = cluster is not None or not hasattr(scheduler, "submit")
@@ -191,8 +192,9 @@ def run_dask(spec, store, pending, on_done, scheduler, retries=3):
         def submit():
             i = next(todo, None)
             if i is not None:
-                ac.add(client.submit(run_chunk, spec_future, i, key=f"netrun-extract-{token}-{i}",
-                                     retries=retries))
+                lo, hi = chunk_bounds(spec, i)
+                ac.add(client.submit(run_chunk, spec_future, i, keys[lo:hi],
+                                     key=f"netrun-extract-{token}-{i}", retries=retries))
         for _ in range(2 * threads):
             submit()
         for fut in ac:

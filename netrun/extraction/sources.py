@@ -139,31 +139,19 @@ class ImageList(Source):
 
     def __init__(self, where, lines, root_folder=None):
         self.where = where
-        keys, labels = [], []
-        for n, line in enumerate(lines, 1):
-            line = line.strip()
-            if not line:
-                continue
-            path, _, label = line.rpartition(" ")
-            if not path:                      # no label on the line
-                path, label = label, "0"
-            try:
-                labels.append(int(label))
-            except ValueError:
-                raise NetrunError(f"expected 'path label', got {line!r}", f"{where}:{n}") from None
-            keys.append(path)
-        if not keys:
-            raise NetrunError("lists no images", f"{where} (--data)")
-        self.keys, self.labels = keys, labels
+        self._parsed = _parse_list(where, lines)        # dropped by list(): tasks need none
+        first = self._parsed[0][0]
         if root_folder is not None:
             self.root = os.path.abspath(root_folder)
-        elif os.path.isabs(keys[0]) or os.path.exists(keys[0]):
+        elif os.path.isabs(first) or os.path.exists(first):
             self.root = os.path.abspath(".")
         else:                                 # Caffe's root_folder: here, the list's folder
             self.root = os.path.dirname(os.path.abspath(where))
 
     def list(self):
-        return self.keys
+        keys, self.labels = self._parsed
+        self._parsed = None
+        return keys
 
     def read(self, keys, shape):
         c, h, w = shape
@@ -172,6 +160,25 @@ class ImageList(Source):
 
     def describe(self):
         return f"ImageList({self.where}, root {self.root})"
+
+
+def _parse_list(where, lines):
+    keys, labels = [], []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        path, _, label = line.rpartition(" ")
+        if not path:                      # no label on the line
+            path, label = label, "0"
+        try:
+            labels.append(int(label))
+        except ValueError:
+            raise NetrunError(f"expected 'path label', got {line!r}", f"{where}:{n}") from None
+        keys.append(path)
+    if not keys:
+        raise NetrunError("lists no images", f"{where} (--data)")
+    return keys, labels
 
 
 class LMDBDatums(Source):
