@@ -168,7 +168,7 @@ def _cluster(scheduler):
                               "distributed.nanny.pre-spawn-environ.OPENBLAS_NUM_THREADS": "1",
                               "distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": "1"}):
             cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                               dashboard_address=None,
+                                               dashboard_address=":0",
                                                silence_logs=logging.ERROR)
         return distributed.Client(cluster), cluster
     try:
