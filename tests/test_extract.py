@@ -330,3 +330,11 @@ def test_core_import_does_not_load_dask_or_zarr():
                         "print(sorted(m for m in ('zarr', 'dask', 'distributed') if m in sys.modules))"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "[]", r.stderr
+
+
+def test_bad_item_on_dask_names_it(with_bad, cluster, tmp_path):
+    with pytest.raises(netrun.NetrunError, match=r"^im_00020b\.png \(item 21 of .*cannot decode"):
+        netrun.extract(MODEL, str(with_bad), str(tmp_path / "o.zarr"), engine="dask",
+                       scheduler=cluster, **{**OPTS, "batch_size": 8})
+    g = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
+    assert g.attrs["netrun"]["complete"] is False
