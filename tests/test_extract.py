@@ -338,3 +338,13 @@ def test_bad_item_on_dask_names_it(with_bad, cluster, tmp_path):
                        scheduler=cluster, **{**OPTS, "batch_size": 8})
     g = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
     assert g.attrs["netrun"]["complete"] is False
+
+
+def test_fsspec_url_store(small, reference, cluster, tmp_path):
+    """--out as an fsspec URL (file:// here; s3:// etc. take the same path), written by
+    the Dask workers."""
+    url = "file://" + str(tmp_path / "u.zarr")
+    rep = {}
+    assert netrun.extract(MODEL, str(small[0]), url, engine="dask", scheduler=cluster,
+                          report=rep, **OPTS) == url
+    _check_rows(tmp_path / "u.zarr", reference[1])

@@ -95,11 +95,15 @@ class ZarrStore(Store):
         if self._group is None or mode == "w":
             zarr = self._zarr()
             try:
-                self._group = zarr.open_group(store=self.out, mode=mode)
+                self._group = zarr.open_group(store=self.out, mode=mode, **self._options())
             except Exception as e:          # zarr's errors differ by store and version
                 raise NetrunError(f"cannot open the Zarr store ({type(e).__name__}: {e})",
                                   f"{self.out} (--out)") from None
         return self._group
+
+    def _options(self):
+        # fsspec's local filesystem makes no parent folders unless asked
+        return {"storage_options": {"auto_mkdir": True}} if self.out.startswith("file://") else {}
 
     def exists(self):
         if "://" not in self.out:
@@ -109,7 +113,7 @@ class ZarrStore(Store):
     def read_meta(self):
         zarr = self._zarr()
         try:
-            g = zarr.open_group(store=self.out, mode="r")
+            g = zarr.open_group(store=self.out, mode="r", **self._options())
         except Exception:
             return None
         return g.attrs.asdict().get("netrun")
