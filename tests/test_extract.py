@@ -259,7 +259,8 @@ def test_other_sources_give_the_same_rows(small, reference, tmp_path):
     d, names, u8, x = small
     _, ref = reference
     np.save(tmp_path / "x.npy", x)
-    netrun.extract(MODEL, str(tmp_path / "x.npy"), str(tmp_path / "npy.zarr"), **OPTS)
+    with pytest.warns(netrun.NetrunWarning, match="--raw-scale: ignored .* arrays are fed as"):
+        netrun.extract(MODEL, str(tmp_path / "x.npy"), str(tmp_path / "npy.zarr"), **OPTS)
     _check_rows(tmp_path / "npy.zarr", ref)
     assert list(zarr.open_group(str(tmp_path / "npy.zarr"), mode="r")["keys"][:2]) == ["0", "1"]
 
@@ -267,7 +268,8 @@ def test_other_sources_give_the_same_rows(small, reference, tmp_path):
         with h5py.File(tmp_path / part, "w") as f:
             f["data"] = rows
     (tmp_path / "h5list.txt").write_text("a.h5\nb.h5\n")
-    netrun.extract(MODEL, str(tmp_path / "h5list.txt"), str(tmp_path / "h5.h5"), **OPTS)
+    netrun.extract(MODEL, str(tmp_path / "h5list.txt"), str(tmp_path / "h5.h5"),
+                   **{**OPTS, "raw_scale": None})
     _check_rows(tmp_path / "h5.h5", ref, h5=True)
 
     listing = d.parent / "list.txt"          # paths relative to the list's folder, as Caffe's

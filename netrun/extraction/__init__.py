@@ -41,7 +41,7 @@ def _keys_sha256(keys):
 def _warn(message):
     import warnings
     from ..net import NetrunWarning
-    warnings.warn(message, NetrunWarning, stacklevel=3)
+    warnings.warn(message, NetrunWarning, stacklevel=4)   # the caller of netrun.extract
 
 
 def extract(model, data, out, weights=None, blobs=None, batch_size=64, chunk_size=None,

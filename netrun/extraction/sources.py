@@ -276,8 +276,10 @@ class NpyRows(Source):
     def read(self, keys, shape):
         arr = self._array()
         rows = [int(k) for k in keys]
-        block = np.asarray(arr[rows[0]:rows[-1] + 1]) if rows == list(range(rows[0], rows[-1] + 1)) \
-            else np.asarray(arr[rows])
+        if rows == list(range(rows[0], rows[-1] + 1)):       # a chunk: one contiguous read
+            block = np.asarray(arr[rows[0]:rows[-1] + 1])
+        else:
+            block = np.asarray(arr[rows])
         for key, row in zip(keys, block):
             yield key, _check_row(row, shape)
 
