@@ -350,3 +350,10 @@ def test_fsspec_url_store(small, reference, cluster, tmp_path):
     assert netrun.extract(MODEL, str(small[0]), url, engine="dask", scheduler=cluster,
                           report=rep, **OPTS) == url
     _check_rows(tmp_path / "u.zarr", reference[1])
+
+
+def test_progress_bar_on_request(small, tmp_path, capfd):
+    netrun.extract(MODEL, str(small[0]), str(tmp_path / "o.zarr"),
+                   **{**OPTS, "progress": True, "batch_size": 8})
+    err = capfd.readouterr().err
+    assert "netrun extract: 40/40 items" in err and "items/s" in err and "ETA" in err

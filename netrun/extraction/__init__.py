@@ -183,18 +183,19 @@ def extract(model, data, out, weights=None, blobs=None, batch_size=64, chunk_siz
 
     t_run = time.perf_counter()
     try:
-        if engine == "local":
-            run_local(spec, store, pending, keys, on_done)
-        else:
-            run_dask(spec, store, pending, keys, on_done, scheduler, retries=retries)
+        try:
+            if engine == "local":
+                run_local(spec, store, pending, keys, on_done)
+            else:
+                run_dask(spec, store, pending, keys, on_done, scheduler, retries=retries)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t_run
+        if not store.done_flags().all():        # every task reported done
+            raise RuntimeError(f"{out}: some chunks are not recorded complete")
+        skipped = store.skipped()
+        store.update_meta(complete=True, skipped=skipped)
     finally:
-        bar.close()
-    seconds = time.perf_counter() - t_run
-    if not store.done_flags().all():            # every task reported done: this is a bug
-        raise NetrunError("some chunks are not recorded complete", f"{out} (--out)")
-    skipped = store.skipped()
-    store.update_meta(complete=True, skipped=skipped)
-    if hasattr(store, "close"):
         store.close()
     computed = sum(min(chunk_size, n - i * chunk_size) for i in pending)
     if report is not None:

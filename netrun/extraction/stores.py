@@ -43,6 +43,9 @@ def make_store(out):
 class Store:
     shared = False          # True: tasks may write their own chunks from any process
 
+    def close(self):
+        """Release the open file (HDF5); a Zarr store holds none."""
+
     def prepare(self, meta, keys, labels, blobs, resume, overwrite):
         """Create the store (or check it for --resume); returns the done flags per chunk."""
         old = self.read_meta()
