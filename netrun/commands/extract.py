@@ -32,7 +32,7 @@ from .common import json_option, parse_assignments, parse_shape, print_json, war
               help="Record unreadable or ill-shaped items in OUT (their rows stay zero) and go "
                    "on, instead of stopping at the first.")
 @click.option("--input-name", default=None, metavar="NAME",
-              help="The input blob that takes the items (default: the net's only input).")
+              help="The input blob that takes the items (checked against the net's only input).")
 @click.option("--input-shape", multiple=True, metavar="NAME=D0,D1,...",
               help="Override an input's declared shape (its H x W is what images are resized to).")
 @click.option("--h5-dataset", default=None, metavar="NAME",

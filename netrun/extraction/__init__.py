@@ -97,19 +97,14 @@ def extract(model, data, out, weights=None, blobs=None, batch_size=64, chunk_siz
                 seed=seed, edits=edits, input_shapes=input_shape or None,
                 allow_python_layers=allow_python_layers, max_memory=max_memory,
                 fill_params=False)
-    if input_name is None:
-        if len(probe.inputs) != 1:
-            raise NetrunError(f"the net has {len(probe.inputs)} inputs "
-                              f"({', '.join(probe.inputs) or 'none'}): name the one that takes "
-                              "the items with --input-name")
-        input_name = probe.inputs[0]
-    elif input_name not in probe.inputs:
+    if len(probe.inputs) != 1:
+        raise NetrunError(f"the net has {len(probe.inputs)} inputs "
+                          f"({', '.join(probe.inputs) or 'none'}); extract feeds the items to "
+                          "one: use a deploy net with a single input")
+    if input_name is not None and input_name not in probe.inputs:
         raise NetrunError(f'--input-name "{input_name}" names no input of the net '
-                          f"(inputs: {', '.join(probe.inputs) or 'none'})")
-    if len(probe.inputs) > 1:
-        raise NetrunError(f"the net has {len(probe.inputs)} inputs ({', '.join(probe.inputs)}); "
-                          "extract feeds one: give the others with --input-shape ... and "
-                          "remove them, or use a deploy net")
+                          f"(inputs: {', '.join(probe.inputs)})")
+    input_name = probe.inputs[0]
     item_shape = tuple(probe.blobs[input_name].shape[1:])
     if source.kind == "pixels" and (len(item_shape) != 3 or item_shape[0] not in (1, 3)):
         raise NetrunError(f'input "{input_name}" has shape {probe.blobs[input_name].shape}: '
