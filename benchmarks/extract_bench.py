@@ -42,10 +42,12 @@ NOTES = """\
 decoding, the OpenCV-exact bilinear resize (numpy integer arithmetic: for a 256x256 colour
 image it costs about as much as SqueezeNet's forward per item), Python per-layer overhead,
 the store writes -- is serial.  `dask, 2 workers` runs two whole chunks at once in two
-processes of one thread each, so the serial parts run in parallel too; on an idle 2-core
-machine it should beat `local` most on the small net (SqueezeNet: short GEMMs that thread
-poorly, preprocessing-bound) and tie on ResNet-50 (big GEMMs that already use both cores).
-`dask, 1 worker` is the per-core rate: about half of `dask, 2 workers`.  Each Dask worker
+processes of one thread each, so the serial parts run in parallel too.  What we expect on an
+idle 2-core machine (not measured here: see above): `dask, 2 workers` at or above `local`,
+most on the small net (SqueezeNet: short GEMMs that thread poorly, preprocessing-bound),
+level on ResNet-50 (big GEMMs that already use both cores); `dask, 1 worker` about half of
+`dask, 2 workers` (the per-core rate).  On a loaded machine two single-thread processes
+cannot get two cores, and the ranking is whatever the load makes it.  Each Dask worker
 holds its own Net (weights and blobs): memory grows with the worker count, not the dataset.
 
 **On N machines.** The tasks share nothing but the output store and the input files: each
