@@ -28,7 +28,7 @@ from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, 
 __all__ = ["Blob", "NetrunError", "Layer", "Net", "NetrunWarning", "caffe_pb2", "AdaDeltaSolver",
            "AdaGradSolver", "AdamSolver", "NesterovSolver", "RMSPropSolver", "SGDSolver",
            "get_solver", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
-           "__version__"]
+           "__version__", "extract"]
 
 __version__ = "0.1.0"
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST   # 0, 1 as in Caffe
@@ -47,3 +47,10 @@ def set_mode_gpu():
 
 def set_device(device_id):
     """Nothing to do: netrun runs on the CPU."""
+
+
+def extract(model, data, out, **options):
+    """Run a model over a whole dataset into a Zarr store or HDF5 file (``netrun extract``);
+    see :func:`netrun.extraction.extract` for the options.  Returns ``out``."""
+    from .extraction import extract as _extract    # needs zarr/dask only when called
+    return _extract(model, data, out, **options)

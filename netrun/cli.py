@@ -9,6 +9,7 @@ import click
 from . import __version__
 from .commands import run as _run
 from .commands.completion import completion_command
+from .commands.extract import extract_command
 from .commands.pycaffe import pycaffe_command
 from .commands.timing import time_command
 from .commands.tools import compare_command, draw_command, gradcheck_command, summary_command
@@ -50,7 +51,7 @@ def main(ctx, debug):
 
 for _command in (_run.forward, _run.backward, _run.upgrade, _run.list_layers, train_command,
                  test_command, time_command, summary_command, draw_command, gradcheck_command,
-                 compare_command, completion_command, pycaffe_command):
+                 compare_command, completion_command, pycaffe_command, extract_command):
     main.add_command(_command)
 
 

@@ -194,7 +194,18 @@ def load_images(net, name, paths, o):
     imgs = [resize_linear(read_image(p, color=(c == 3), what=f"{p} (--input {name})"), h, w)
             for p in paths]
     u8 = np.stack(imgs).transpose(0, 3, 1, 2)                         # (N, C, H, W)
-    dtype = net.dtype
+    mean = (read_mean_file(o["mean_file"], "--mean-file") if o.get("mean_file") and not o.get("mean")
+            else None)
+    return preprocess(u8, net.dtype, o, mean)
+
+
+def preprocess(u8, dtype, o, mean=None):
+    """(N, C, H, W) uint8 pixels -> the input array: steps 2-4 of the module doc.
+
+    ``o`` holds the options ``raw_scale``, ``mean``, ``mean_file`` and ``scale``;
+    ``mean`` is the array read from ``o["mean_file"]`` (read once by the caller)."""
+    dtype = np.dtype(dtype)
+    _, c, h, w = u8.shape
     raw_scale = o.get("raw_scale")
     if raw_scale is not None:
         x = (u8 / 255.0).astype(dtype)
@@ -210,7 +221,8 @@ def load_images(net, name, paths, o):
                               "(give one per channel, in BGR order, or one for all)")
         x -= np.asarray(vals, dtype).reshape(-1, 1, 1)
     elif o.get("mean_file"):
-        mean = read_mean_file(o["mean_file"], "--mean-file")
+        if mean is None:
+            mean = read_mean_file(o["mean_file"], "--mean-file")
         x -= fit_mean(mean, (c, h, w), f"--mean-file {o['mean_file']}").astype(dtype)
     scale = o.get("scale")
     if scale is not None:
