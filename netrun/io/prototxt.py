@@ -173,16 +173,31 @@ def upgrade_if_needed(param, warn=None, path=None):
     return param
 
 
-def read_binary(path, message):
-    """Parse a binary protobuf file (caffemodel, binaryproto, solverstate)."""
+# bytes a parsed protobuf holds per byte of its file, beyond the file's own bytes:
+# packed floats take as much as on the wire (see docs/hostile_files.md for the worse cases)
+PROTO_PARSE_FACTOR = 1
+
+
+def read_binary(path, message, limit=None):
+    """Parse a binary protobuf file (caffemodel, binaryproto, solverstate).
+
+    The file's size is checked against the memory ``limit`` (default: 80% of the
+    available memory, see :mod:`netrun.io.limits`) before it is read: the bytes
+    and the parsed message are both held."""
+    from .limits import check_declared
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            check_declared(size * (1 + PROTO_PARSE_FACTOR),
+                           f"a {size}-byte {message.DESCRIPTOR.name} file", path, limit)
             raw = f.read()
     except FileNotFoundError:
         raise NetrunError("no such file", path) from None
     except IsADirectoryError:
         raise NetrunError("is a directory, not a file", path) from None
+    except MemoryError:
+        raise NetrunError("out of memory reading it", path) from None
     except OSError as e:
         raise NetrunError(f"cannot read: {e.strerror}", path) from None
     try:
@@ -190,4 +205,6 @@ def read_binary(path, message):
     except (DecodeError, RuntimeError, ValueError) as e:
         raise NetrunError(f"not a valid binary {message.DESCRIPTOR.name} "
                           f"(truncated or not a protobuf file: {e})", path) from None
+    except MemoryError:
+        raise NetrunError(f"out of memory parsing its {message.DESCRIPTOR.name}", path) from None
     return message
