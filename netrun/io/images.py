@@ -36,7 +36,6 @@ import warnings
 import numpy as np
 
 from ..errors import NetrunError
-from .limits import IMAGE_INPUT_FACTOR
 
 COEF_BITS = 11
 COEF_SCALE = 1 << COEF_BITS
@@ -67,7 +66,7 @@ def read_image(source, color=True, what=None, limit=None, input_hw=None):
     Pillow's DecompressionBombError becomes the same one-line error.
     """
     import io
-    from .limits import image_pixel_limit
+    from .limits import check_image_size
     Image, ImageOps = _pil()
     label = str(what or (source if isinstance(source, (str, os.PathLike)) else "encoded image"))
     with warnings.catch_warnings():
@@ -88,13 +87,7 @@ def read_image(source, color=True, what=None, limit=None, input_hw=None):
             raise NetrunError(f"cannot decode image ({e})", label) from None
         with im:
             w, h = im.size
-            most = image_pixel_limit(limit, input_hw)
-            if w * h > most:
-                raise NetrunError(
-                    f"declares {w}x{h} pixels ({w * h / 1e6:.1f} Mpx), more than netrun decodes "
-                    f"for this input ({most / 1e6:.1f} Mpx: Pillow's decompression-bomb limit, "
-                    f"or {IMAGE_INPUT_FACTOR}x the input, within --max-memory); shrink it first",
-                    label)
+            check_image_size(w, h, label, limit, input_hw)
             try:
                 im.load()
                 return _to_array(im, color, ImageOps)

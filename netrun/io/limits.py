@@ -234,18 +234,38 @@ def check_npz_file(path, what=None, limit=None):
 
 # -- images -------------------------------------------------------------------------------------
 def image_pixel_limit(limit=None, input_hw=None):
-    """The most pixels an image may have: its decoding (IMAGE_PIXEL_COST bytes per
-    pixel) within the memory limit, and no more than Pillow's default bomb limit
-    (89.5 Mpx, or Image.MAX_IMAGE_PIXELS when the user set it) or IMAGE_INPUT_FACTOR
-    times the input it is resized to, whichever is larger."""
-    by_memory = file_limit(limit) // IMAGE_PIXEL_COST
+    """The most pixels an image may have: no more than Pillow's decompression-bomb
+    limit (89.5 Mpx, or Image.MAX_IMAGE_PIXELS when the user set it) or
+    IMAGE_INPUT_FACTOR times the input it is resized to, whichever is larger, and its
+    decoding (IMAGE_PIXEL_COST bytes a pixel) within the memory limit."""
+    return _pixel_limit(limit, input_hw)[0]
+
+
+def _pixel_limit(limit, input_hw):
+    lim = file_limit(limit)
+    by_memory = lim // IMAGE_PIXEL_COST
     try:
         from PIL import Image
         base = Image.MAX_IMAGE_PIXELS
     except ImportError:                     # pragma: no cover - Pillow is imported before
         base = PILLOW_DEFAULT_PIXELS
+    memory_reason = (f"decoding takes {IMAGE_PIXEL_COST} bytes a pixel, within the memory "
+                     f"limit of {human(lim)} (--max-memory)")
     if base is None:                        # the user turned Pillow's check off
-        return by_memory
-    if input_hw:
-        base = max(int(base), IMAGE_INPUT_FACTOR * int(input_hw[0]) * int(input_hw[1]))
-    return min(by_memory, int(base))
+        return by_memory, memory_reason
+    reason = "Pillow's decompression-bomb limit"
+    if input_hw and IMAGE_INPUT_FACTOR * int(input_hw[0]) * int(input_hw[1]) > base:
+        base = IMAGE_INPUT_FACTOR * int(input_hw[0]) * int(input_hw[1])
+        reason = f"{IMAGE_INPUT_FACTOR} times the {input_hw[0]}x{input_hw[1]} input"
+    if by_memory < base:
+        return by_memory, memory_reason
+    return int(base), reason
+
+
+def check_image_size(width, height, where, limit=None, input_hw=None):
+    """Refuse an image whose header declares more pixels than :func:`image_pixel_limit`."""
+    most, reason = _pixel_limit(limit, input_hw)
+    if width * height > most:
+        raise NetrunError(f"declares {width}x{height} pixels ({width * height / 1e6:.1f} Mpx), "
+                          f"more than netrun decodes ({most / 1e6:.1f} Mpx: {reason}); "
+                          "shrink it first", where)
