@@ -58,12 +58,12 @@ def check_declared(nbytes, what, where, limit=None):
 
     ``what`` says what declares it (``"an array of (100000, 100000, 10) float32"``),
     ``where`` names the file (and member/key): the error reads
-    ``where: what needs N GiB, more than the limit of M GiB (--max-memory)``.
+    ``where: what would take N GiB, more than the memory limit of M GiB (--max-memory...)``.
     Returns ``nbytes``.
     """
     lim = file_limit(limit)
     if nbytes > lim:
-        raise NetrunError(f"{what} needs {human(nbytes)}, more than the memory limit of "
+        raise NetrunError(f"{what} would take {human(nbytes)}, more than the memory limit of "
                           f"{human(lim)} (--max-memory; default 80% of the available memory)",
                           where)
     return nbytes
@@ -72,8 +72,8 @@ def check_declared(nbytes, what, where, limit=None):
 def check_present(declared, present, what, where):
     """Refuse data that declares more bytes than the file holds (truncated or forged)."""
     if declared > present:
-        raise NetrunError(f"{what} declares {declared} bytes of data but the file holds "
-                          f"{max(present, 0)} (truncated or damaged)", where)
+        raise NetrunError(f"{what} declares {human(declared)} of data but the file holds "
+                          f"{human(max(present, 0))} (truncated or damaged)", where)
 
 
 def shape_bytes(shape, itemsize):

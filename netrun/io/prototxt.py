@@ -15,9 +15,19 @@ from ..proto import caffe_pb2
 _ERR_POS = re.compile(r"^\s*(\d+):(\d+)\s*:\s*")
 
 
-def read_text(path):
+# bytes a parsed text protobuf may hold per byte of text (an empty ``layer {}`` is
+# 9 bytes of text and some 500 bytes parsed)
+TEXT_PARSE_FACTOR = 64
+
+
+def read_text(path, limit=None):
+    """A prototxt's text; its size (times what parsing it may take) is checked
+    against the memory ``limit`` before it is read."""
+    from .limits import check_declared
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            check_declared(size * TEXT_PARSE_FACTOR, f"a {size}-byte text file", str(path), limit)
             raw = f.read()
     except FileNotFoundError:
         raise NetrunError("no such file", str(path)) from None
