@@ -44,7 +44,7 @@ file_settings = settings(fuzz_settings, max_examples=max(1, EXAMPLES // 4))
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning",
                                         "ignore::UserWarning")   # numpy's Python-2 header note
 
-# -- images -----------------------------------------------------------------------------------------
+# -- images ---------------------------------------------------------------------------------------
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr"]
 FORMATS = ["PNG", "GIF", "BMP", "TIFF", "JPEG", "WEBP"]
 
@@ -137,7 +137,7 @@ def test_fuzzed_images(tmp_path_factory, data, color, as_file):
         assert resize_linear(img, 8, 8).shape == (8, 8, img.shape[2])
 
 
-# -- .npz archives ----------------------------------------------------------------------------------
+# -- .npz archives --------------------------------------------------------------------------------
 DTYPES = ["<f4", "<f8", "<f2", ">f4", "|u1", "<i4", "<i8", "|b1", "<u2"]
 BAD_DTYPES = ["|O", "<U3", "|S4", "<c8", [("a", "<f4"), ("b", "<i4")], "<M8[s]"]
 
@@ -234,7 +234,7 @@ def test_fuzzed_npy(tmp_path_factory, raw):
         assert a.dtype.kind in "biuf" and a.nbytes <= LIMIT
 
 
-# -- LMDB records -----------------------------------------------------------------------------------
+# -- LMDB records ---------------------------------------------------------------------------------
 DIMS = [-1, 0, 1, 2, 3, 100000, (1 << 31) - 1]
 
 

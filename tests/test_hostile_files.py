@@ -378,3 +378,33 @@ def test_prototxt_bigger_than_the_limit(tmp_path):
     for cmd in (("summary", p), ("draw", p, tmp_path / "o.dot"), ("forward", p),
                 ("upgrade", p, tmp_path / "o.prototxt")):
         fails(*cmd, needles=["huge.prototxt", "text file"])
+
+
+def test_caffemodel_of_empty_messages(tmp_path):
+    # 3 bytes on disk per empty layer, some 530 bytes once parsed: refused before parsing
+    w = tmp_path / "empty.caffemodel"
+    w.write_bytes(b"\xa2\x06\x00" * 200000)                  # 600 KB -> about 105 MB
+    fails("forward", MLP, "--weights", w, "--max-memory", "64M",
+          needles=["empty.caffemodel", "parsing its 600000 bytes as a NetParameter"])
+
+
+def test_protobuf_cost_of_real_files_is_their_size():
+    from netrun.io.limits import protobuf_cost
+    raw = (MODELS / "digits" / "digits.caffemodel").read_bytes()
+    cost = protobuf_cost(raw, caffe_pb2.NetParameter.DESCRIPTOR)
+    assert len(raw) <= cost <= 1.2 * len(raw) + 65536
+
+
+def test_npz_damaged_deflate_stream(tmp_path):
+    # found by the fuzzer: a deflated member whose stream is invalid (zlib.error)
+    p = tmp_path / "bad.npz"
+    p.write_bytes(
+        b'PK\x03\x04\x14\x00\x00\x00\x08\x00\xd4\x0b\x82] \\\x9f\xadF\x00\x00\x00\x84\x00'
+        b'\x00\x00\x08\x00\x00\x00data.npy\x9b\xec\x17\xea\x1b\x10\xc9\xc8P\xc6'
+        b'P\xad\x9e\x92Z\x9c\\\xa4n\xa5\xa0n\x93f\xa2\xae\xa3\xa0\x9e\x96_TR\x94'
+        b'\x98\x00\x9f_\x94\x92\n\x12wK\xcc)N\x05\x8a\x17g$\x16\xa4\x02\xf9\x1a\x9a'
+        b':\n\xb5\n\x14\x01.\x06\x86\x06{\x00PK\x01\x02\x14\x03\x14\x00\x00\x00\x08\x00'
+        b'\xd4\x0b\x82] \\\x9f\xadF\x00\x00\x00\x84\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00\x00'
+        b'\x00\x00\x00\x00\x80\x01\x00\x00\x00\x00data.npyPK\x05\x06\x00\x00'
+        b'\x00\x00\x01\x00\x01\x006\x00\x00\x00l\x00\x00\x00\x00\x00')
+    fails("forward", DIGITS, "--inputs", p, needles=["bad.npz[data]"])

@@ -3,6 +3,7 @@ import json
 import math
 import re
 import zipfile
+import zlib
 
 import click
 import numpy as np
@@ -197,7 +198,7 @@ def load_npz(path, what, limit=None):
         raise NetrunError("no such file", where) from None
     except MemoryError:
         raise NetrunError("out of memory reading it", where) from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
         raise NetrunError(f"not a readable .npz archive ({e})", where) from None
     except AttributeError:
         raise NetrunError("is a single .npy array, not an .npz archive", path) from None

@@ -20,6 +20,7 @@ traceback.
 import math
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -221,7 +222,7 @@ def check_npz_file(path, what=None, limit=None):
                 except NetrunError:
                     raise
                 except (zipfile.BadZipFile, NotImplementedError, ValueError, OSError, EOFError,
-                        struct.error, RuntimeError) as e:
+                        struct.error, RuntimeError, zlib.error) as e:
                     raise NetrunError(f"cannot read this member ({e})", mwhere) from None
                 nbytes = shape_bytes(shape, dtype.itemsize)
                 check_declared(nbytes, describe(shape, dtype), mwhere, lim)
@@ -269,3 +270,110 @@ def check_image_size(width, height, where, limit=None, input_hw=None):
         raise NetrunError(f"declares {width}x{height} pixels ({width * height / 1e6:.1f} Mpx), "
                           f"more than netrun decodes ({most / 1e6:.1f} Mpx: {reason}); "
                           "shrink it first", where)
+
+
+# -- binary protobuf files ----------------------------------------------------------------------
+# upb's cost of a parsed message: a header and a slot per field (an empty LayerParameter
+# takes some 530 bytes, an empty BlobProto 85); repeated fields grow by doubling in an arena
+MESSAGE_BASE_COST = 64
+MESSAGE_FIELD_COST = 8
+REPEATED_ELEMENT_COST = 16          # an unpacked scalar, or a packed varint's byte
+STRING_COST = 32                    # a string or bytes element, beyond its bytes
+SCAN_STEPS = 500_000                # fields walked (about 1 s; a real caffemodel has a few
+                                    # thousand) before the bound below
+FALLBACK_FACTOR = 200               # the worst case per byte: 3-byte empty LayerParameters
+
+_KINDS = {}                         # descriptor -> (message cost, {number: (kind, sub, repeated)})
+
+
+def _kinds(desc):
+    got = _KINDS.get(desc)
+    if got is None:
+        from google.protobuf.descriptor import FieldDescriptor as FD
+        from ..proto import is_repeated
+        fixed = {FD.TYPE_FLOAT, FD.TYPE_DOUBLE, FD.TYPE_FIXED32, FD.TYPE_FIXED64,
+                 FD.TYPE_SFIXED32, FD.TYPE_SFIXED64}
+        fields = {}
+        for fd in desc.fields:
+            if fd.type == FD.TYPE_MESSAGE:
+                kind = "message"
+            elif fd.type in (FD.TYPE_STRING, FD.TYPE_BYTES) or fd.type in fixed:
+                kind = "bytes"
+            else:
+                kind = "varint"
+            fields[fd.number] = (kind, fd.message_type if kind == "message" else None,
+                                 is_repeated(fd))
+        got = _KINDS[desc] = (MESSAGE_BASE_COST + MESSAGE_FIELD_COST * len(desc.fields), fields)
+    return got
+
+
+def protobuf_cost(raw, descriptor, stop_above=None):
+    """An upper estimate of the bytes that parsing ``raw`` as ``descriptor`` takes,
+    from a walk of its wire format (tags and lengths only: packed data is skipped
+    whole).  Real caffemodels cost about their size (packed floats); forged ones of
+    millions of empty messages, strings or one-byte varints cost 10-200 times it.
+    Malformed data ends the walk (the parser reports it).  Past SCAN_STEPS fields
+    the estimate is FALLBACK_FACTOR times the size; past ``stop_above`` the walk stops."""
+    n = len(raw)
+    cost = 0
+    steps = 0
+    stack = [(0, n, descriptor)]
+    while stack:
+        pos, end, desc = stack.pop()
+        base, fields = _kinds(desc)
+        cost += base
+        while pos < end:
+            steps += 1
+            if steps > SCAN_STEPS:
+                return max(cost, FALLBACK_FACTOR * n)
+            if stop_above is not None and cost > stop_above:
+                return cost
+            b = raw[pos]                                # the tag (one byte for caffe.proto)
+            pos += 1
+            tag = b & 0x7F
+            shift = 7
+            while b >= 0x80:
+                if pos >= end or shift > 63:
+                    return cost
+                b = raw[pos]
+                pos += 1
+                tag |= (b & 0x7F) << shift
+                shift += 7
+            wire = tag & 7
+            kind, sub, repeated = fields.get(tag >> 3, (None, None, False))
+            if wire == 2:
+                b = raw[pos] if pos < end else 0
+                pos += 1
+                length = b & 0x7F
+                shift = 7
+                while b >= 0x80:
+                    if pos >= end or shift > 63:
+                        return cost
+                    b = raw[pos]
+                    pos += 1
+                    length |= (b & 0x7F) << shift
+                    shift += 7
+                if pos + length > end:
+                    return cost
+                if kind == "message":
+                    if length:
+                        stack.append((pos, pos + length, sub))
+                    else:
+                        cost += _kinds(sub)[0]
+                elif kind == "varint":                  # packed varints: a byte each at least
+                    cost += REPEATED_ELEMENT_COST * length
+                else:                                   # strings, packed floats, unknown
+                    cost += length + STRING_COST
+                pos += length
+                continue
+            if wire == 0:
+                while pos < end and raw[pos] >= 0x80:
+                    pos += 1
+                pos += 1
+            elif wire == 1 or wire == 5:
+                pos += 8 if wire == 1 else 4
+            else:                                       # groups: none in caffe.proto
+                return cost
+            if repeated:
+                cost += REPEATED_ELEMENT_COST
+    return cost

@@ -183,8 +183,9 @@ def upgrade_if_needed(param, warn=None, path=None):
     return param
 
 
-# bytes a parsed protobuf holds per byte of its file, beyond the file's own bytes:
-# packed floats take as much as on the wire (see docs/hostile_files.md for the worse cases)
+# bytes a parsed protobuf holds per byte of its file, beyond the file's own bytes, at
+# least: packed floats take as much as on the wire (the wire walk of
+# netrun.io.limits.protobuf_cost then estimates the rest, before parsing)
 PROTO_PARSE_FACTOR = 1
 
 
@@ -193,8 +194,10 @@ def read_binary(path, message, limit=None):
 
     The file's size is checked against the memory ``limit`` (default: 80% of the
     available memory, see :mod:`netrun.io.limits`) before it is read: the bytes
-    and the parsed message are both held."""
-    from .limits import check_declared
+    and the parsed message are both held; then the cost of parsing it, estimated
+    from a walk of its wire format (forged files of millions of empty messages
+    take 200 times their size), before it is parsed."""
+    from .limits import check_declared, file_limit, protobuf_cost
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -210,6 +213,10 @@ def read_binary(path, message, limit=None):
         raise NetrunError("out of memory reading it", path) from None
     except OSError as e:
         raise NetrunError(f"cannot read: {e.strerror}", path) from None
+    lim = file_limit(limit)
+    cost = protobuf_cost(raw, message.DESCRIPTOR, stop_above=lim)
+    check_declared(len(raw) + cost, f"parsing its {len(raw)} bytes as a {message.DESCRIPTOR.name}",
+                   path, lim)
     try:
         message.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError) as e:
