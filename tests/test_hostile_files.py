@@ -10,7 +10,6 @@ measured (bounds are generous: the figures are machine-dependent).
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
