@@ -407,3 +407,14 @@ def test_npz_damaged_deflate_stream(tmp_path):
         b'\x00\x00\x00\x00\x80\x01\x00\x00\x00\x00data.npyPK\x05\x06\x00\x00'
         b'\x00\x00\x01\x00\x01\x006\x00\x00\x00l\x00\x00\x00\x00\x00')
     fails("forward", DIGITS, "--inputs", p, needles=["bad.npz[data]"])
+
+
+def test_list_and_label_files_bigger_than_the_limit(tmp_path):
+    big = sparse_file(tmp_path / "huge.txt")
+    if big is None:
+        pytest.skip("no sparse files here")
+    net = tmp_path / "net.prototxt"
+    net.write_text('layer { name: "d" type: "ImageData" top: "data" top: "label" '
+                   f'image_data_param {{ source: "{big}" batch_size: 1 }} }}\n')
+    fails("forward", net, needles=["huge.txt", "text file"])
+    fails("forward", DIGITS, "--labels", big, needles=["huge.txt (--labels)"])

@@ -276,9 +276,9 @@ _SYNSET = re.compile(r"^n\d{8}\s")
 
 def read_labels(path):
     """Class names, one a line; ``n01440764 tench, Tinca tinca`` gives ``tench, Tinca tinca``."""
+    from .limits import read_lines
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        lines = read_lines(path, f"{path} (--labels)")
     except FileNotFoundError:
         raise NetrunError("no such file", f"{path} (--labels)") from None
     except OSError as e:

@@ -86,6 +86,19 @@ def describe(shape, dtype):
     return f"an array of {tuple(int(d) for d in shape)} {np.dtype(dtype).name}"
 
 
+# text read whole and split into lines: the text, its str and a str object a line
+TEXT_LINES_FACTOR = 8
+
+
+def read_lines(path, where, limit=None):
+    """A text file's lines (list files, labels), its size checked before it is read."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        check_declared(size * TEXT_LINES_FACTOR, f"a {size}-byte text file", where, limit)
+        raw = f.read()
+    return raw.decode("utf-8", errors="replace").splitlines()
+
+
 # -- .npy / .npz --------------------------------------------------------------------------------
 def read_npy_header(fp, where):
     """Read an .npy header from the file object ``fp`` without reading the data.

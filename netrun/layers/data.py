@@ -181,10 +181,12 @@ def ctx_limit(ctx):
     return budget.limit if budget is not None else None
 
 
-def read_list(path, what):
+def read_list(path, what, limit=None):
+    from ..io.limits import read_lines
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read().splitlines()
+        return read_lines(path, f'{what} "{path}"', limit)
+    except NetrunError as e:
+        raise LayerError(str(e)) from None
     except OSError as e:
         raise LayerError(f'cannot read {what} "{path}": {e.strerror or e}') from None
 
@@ -476,7 +478,7 @@ class ImageData(Layer):
         source = resolve_path(p.source, self.ctx, "image_data_param.source", hint=SOURCE_HINT)
         self.list_dir = os.path.dirname(source)
         lines = []
-        for num, line in enumerate(read_list(source, "image list"), 1):
+        for num, line in enumerate(read_list(source, "image list", ctx_limit(self.ctx)), 1):
             line = line.strip()
             if not line:
                 continue
@@ -565,7 +567,8 @@ class HDF5Data(Layer):
         self.batch_size = check_batch(p.batch_size, "hdf5_data_param")
         source = resolve_path(p.source, self.ctx, "hdf5_data_param.source", hint=SOURCE_HINT)
         list_dir = os.path.dirname(source)
-        files = [ln.strip() for ln in read_list(source, "HDF5 file list") if ln.strip()]
+        listed = read_list(source, "HDF5 file list", ctx_limit(self.ctx))
+        files = [ln.strip() for ln in listed if ln.strip()]
         check(files, f'HDF5 file list "{source}" names no files')
         self.files = [resolve_path(f, self.ctx, "HDF5 file", (list_dir,)) for f in files]
         self.names = list(self.param.top)
