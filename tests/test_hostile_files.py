@@ -418,3 +418,14 @@ def test_list_and_label_files_bigger_than_the_limit(tmp_path):
                    f'image_data_param {{ source: "{big}" batch_size: 1 }} }}\n')
     fails("forward", net, needles=["huge.txt", "text file"])
     fails("forward", DIGITS, "--labels", big, needles=["huge.txt (--labels)"])
+
+
+def test_npz_zip_version_not_supported(tmp_path):
+    # found by the fuzzer: zipfile raises NotImplementedError for an unknown zip version
+    p = tmp_path / "v64.npz"
+    np.savez(p, data=np.zeros((1, 1, 8, 8), np.float32))
+    raw = bytearray(p.read_bytes())
+    i = raw.find(b"PK\x01\x02")
+    raw[i + 6] = 64                                  # "version needed to extract": 6.4
+    p.write_bytes(bytes(raw))
+    fails("forward", DIGITS, "--inputs", p, needles=["v64.npz", "version 6.4"])

@@ -216,7 +216,7 @@ def check_npz_file(path, what=None, limit=None):
         try:
             z = zipfile.ZipFile(f)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError,
-                struct.error) as e:
+                struct.error, NotImplementedError, UnicodeError) as e:
             raise NetrunError(f"not a readable .npz archive ({e})", where) from None
         with z:
             out = {}
