@@ -6,8 +6,9 @@ never another exception, never a hang, and never an allocation beyond the
 32 MiB limit (readers get it as their memory limit, so declared-huge files are
 refused from their headers):
 
-* images: every Pillow mode netrun meets (1, L, LA, P, RGB, RGBA, CMYK, I;16,
-  I, F, YCbCr) in PNG, GIF (animated too), BMP, TIFF, JPEG and WebP, then
+* images: Pillow's modes (1, L, LA, P, PA, RGB, RGBA, RGBX, CMYK, I;16, I;16B,
+  I, F, YCbCr, LAB, HSV) in PNG, GIF (animated too), BMP, TIFF, JPEG and WebP
+  (those a format can hold), 16-bit PNGs, then
   truncated, byte-damaged, or given a huge declared size (PNG IHDR with its
   CRC, GIF screen and frame sizes);
 * .npz members: numeric arrays of every kind, object/string/structured/complex
@@ -45,16 +46,19 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning",
                                         "ignore::UserWarning")   # numpy's Python-2 header note
 
 # -- images ---------------------------------------------------------------------------------------
-MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr"]
+MODES = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "I;16", "I;16B", "I", "F",
+         "YCbCr", "LAB", "HSV"]
 FORMATS = ["PNG", "GIF", "BMP", "TIFF", "JPEG", "WEBP"]
 
 
 @st.composite
 def image_bytes(draw):
     """A small encoded image of a drawn mode and format (animated GIFs too)."""
-    mode = draw(st.sampled_from(MODES))
+    mode = draw(st.sampled_from(MODES + ["PNG16"]))
     fmt = draw(st.sampled_from(FORMATS))
     w, h = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    if mode == "PNG16":                     # 16-bit gray, gray+alpha, RGB, RGBA
+        return "PNG", png_bytes(w, h, depth=16, color=draw(st.sampled_from([0, 2, 4, 6])))
     rng = np.random.default_rng(draw(st.integers(0, 3)))
     frames = draw(st.integers(1, 3)) if fmt == "GIF" else 1
     ims = []
@@ -66,7 +70,10 @@ def image_bytes(draw):
             ims.append(Image.fromarray(rng.integers(0, 65536, (h, w)).astype(np.uint16)))
         else:
             rgb = Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), "RGB")
-            ims.append(rgb.convert(mode) if mode != "P" else rgb.quantize(7))
+            try:
+                ims.append(rgb.convert(mode) if mode != "P" else rgb.quantize(7))
+            except (ValueError, OSError):            # no conversion: a blank image of the mode
+                ims.append(Image.new(mode, (w, h)))
     buf = io.BytesIO()
     try:
         if frames > 1:
@@ -112,8 +119,9 @@ def hostile_image(draw):
             if i > 0 and draw(st.booleans()):
                 data = data[:i + 5] + struct.pack("<HH", w, h) + data[i + 9:]
     elif how == "bomb":
-        data = png_bytes(draw(st.sampled_from([3000, 20000])), draw(st.sampled_from([3000, 5000])),
-                         depth=1, rows=draw(st.sampled_from([None, 10])))
+        w, h = draw(st.sampled_from([(3000, 3000), (20000, 5000), (20000, 20000)]))
+        # complete when small (decoded within the limit), else the first rows only
+        data = png_bytes(w, h, depth=1, rows=None if w == 3000 else 10)
     return data
 
 
