@@ -15,7 +15,13 @@ traceback.
   ``.npy``/``.npz`` headers (shape x dtype) read before the arrays;
   :func:`zip_entry_count` reads a zip's entry count before ``zipfile`` builds
   its directory.
-* :func:`image_pixel_limit` -- the largest image (in pixels) an input may decode.
+* :func:`image_pixel_limit` / :func:`check_image_size` -- the largest image (in
+  pixels) an input may decode, checked from the header.
+* :func:`protobuf_cost` -- the memory a binary protobuf's parse takes, from a
+  walk of its wire format (read_binary checks it before parsing).
+* :func:`read_lines` -- a text file's lines, its size checked first.
+
+docs/hostile_files.md lists what each reader checks.
 """
 import math
 import os
