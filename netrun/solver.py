@@ -648,7 +648,8 @@ class Solver:
         path = os.fspath(path)
         if path.endswith(".h5"):
             raise NetrunError("HDF5 solver states are not supported; use a .solverstate", path)
-        state = read_binary(path, caffe_pb2.SolverState())
+        limit = self.net.budget.limit if getattr(self.net, "budget", None) is not None else None
+        state = read_binary(path, caffe_pb2.SolverState(), limit=limit)
         if state.HasField("learned_net"):
             self.net.copy_from(self._find_learned_net(state.learned_net, path))
         self.iter = state.iter
@@ -661,7 +662,11 @@ class Solver:
             if int(np.prod(blob_shape(bp), dtype=np.int64)) != int(np.prod(shape, dtype=np.int64)):
                 raise NetrunError(f"history blob {k} has shape {blob_shape(bp)}, the parameter "
                                   f"has {shape}", path)
-            self.history[k] = blob_array(bp, self.dtype, blob_shape(bp)).reshape(shape).copy()
+            try:
+                values = blob_array(bp, self.dtype, blob_shape(bp), limit=limit)
+            except NetrunError as e:
+                raise NetrunError(f"history blob {k}: {e.message}", path) from None
+            self.history[k] = values.reshape(shape).copy()
 
     @staticmethod
     def _find_learned_net(name, state_path):

@@ -3,6 +3,7 @@ import json
 import math
 import re
 import zipfile
+import zlib
 
 import click
 import numpy as np
@@ -136,31 +137,69 @@ def parse_shape(name, text):
     return dims
 
 
-def load_npy(path, what):
+def load_npy(path, what, limit=None):
+    """An .npy array for a command: its header (shape x dtype, numeric, data present)
+    is checked against the memory ``limit`` (default: 80% of the available memory)
+    before the array is read (:func:`netrun.io.limits.check_npy_file`)."""
+    from ..io.limits import check_npy_file
+    where = f"{path} ({what})"
+    if is_zip(path):
+        raise NetrunError("is an .npz archive; pass it with --inputs/--top-diffs", path)
+    check_npy_file(path, where, limit)
     try:
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise NetrunError("no such file", f"{path} ({what})") from None
+        raise NetrunError("no such file", where) from None
+    except MemoryError:
+        raise NetrunError("out of memory reading it", where) from None
     except ValueError as e:
-        raise NetrunError(f"cannot read ({e}; pickled arrays are refused)", f"{path} ({what})") from None
+        raise NetrunError(f"cannot read ({e}; pickled arrays are refused)", where) from None
     except OSError as e:
-        raise NetrunError(f"not a .npy file ({e})", f"{path} ({what})") from None
+        raise NetrunError(f"not a .npy file ({e})", where) from None
     if isinstance(arr, np.lib.npyio.NpzFile):
         arr.close()
         raise NetrunError("is an .npz archive; pass it with --inputs/--top-diffs", path)
-    return check_numeric(arr, f"{path} ({what})")
+    return check_numeric(arr, where)
 
 
-def load_npz(path, what):
+def is_zip(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def load_npz(path, what, limit=None):
+    """The arrays of an .npz archive, keyed by name.  Before any array is read, the
+    zip's entry count, every member's .npy header (numeric dtype, data present) and
+    the arrays' total bytes are checked against the memory ``limit`` (default: 80%
+    of the available memory; :func:`netrun.io.limits.check_npz_file`)."""
+    from ..io.limits import check_npz_file
+    where = f"{path} ({what})"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except FileNotFoundError:
+        raise NetrunError("no such file", where) from None
+    except IsADirectoryError:
+        raise NetrunError("is a directory, not a file", where) from None
+    except OSError as e:
+        raise NetrunError(f"cannot read: {e.strerror or e}", where) from None
+    if magic == b"\x93NUMPY":
+        raise NetrunError("is a single .npy array, not an .npz archive", path)
+    check_npz_file(path, what, limit)
     try:
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise NetrunError("is a single .npy array, not an .npz archive", path)
             return {k: check_numeric(z[k], f"{path}[{k}]") for k in z.files}
     except FileNotFoundError:
-        raise NetrunError("no such file", f"{path} ({what})") from None
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise NetrunError(f"not a readable .npz archive ({e})", f"{path} ({what})") from None
+        raise NetrunError("no such file", where) from None
+    except MemoryError:
+        raise NetrunError("out of memory reading it", where) from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+        raise NetrunError(f"not a readable .npz archive ({e})", where) from None
     except AttributeError:
         raise NetrunError("is a single .npy array, not an .npz archive", path) from None
 
@@ -171,14 +210,21 @@ def check_numeric(arr, where):
     return arr
 
 
+def memory_limit(o):
+    """--max-memory in bytes (None: the default, 80% of the available memory)."""
+    return parse_size(o["max_memory"]) if o.get("max_memory") else None
+
+
 def load_arrays(o):
-    """The --inputs/--input arrays (images are loaded once the net is built)."""
+    """The --inputs/--input arrays (images are loaded once the net is built).  Their
+    declared sizes are checked against --max-memory before they are read."""
     given = {}
+    limit = memory_limit(o)
     if o["inputs_npz"]:
-        given.update(load_npz(o["inputs_npz"], "--inputs"))
+        given.update(load_npz(o["inputs_npz"], "--inputs", limit))
     for name, path in parse_assignments(o["input_files"], "--input"):
         if not is_image(path):
-            given[name] = load_npy(path, f"--input {name}")
+            given[name] = load_npy(path, f"--input {name}", limit)
     return given
 
 

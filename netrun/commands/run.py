@@ -87,9 +87,9 @@ def backward(**o):
     net = build_net(o, arrays, backward=True)
     top_diffs = {}
     if o["top_diffs_npz"]:
-        top_diffs.update(load_npz(o["top_diffs_npz"], "--top-diffs"))
+        top_diffs.update(load_npz(o["top_diffs_npz"], "--top-diffs", net.budget.limit))
     for name, path in parse_assignments(o["top_diff_files"], "--top-diff"):
-        top_diffs[name] = load_npy(path, f"--top-diff {name}")
+        top_diffs[name] = load_npy(path, f"--top-diff {name}", net.budget.limit)
     for name in top_diffs:
         if name not in net.blobs:
             raise NetrunError(f'top diff "{name}" names no blob of the net '

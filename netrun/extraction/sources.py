@@ -128,7 +128,7 @@ def _image(source, c, h, w, what=None):
     """An image file or encoded bytes -> (C, H, W) uint8 at the input's size, or the error."""
     from ..io.images import read_image, resize_linear
     try:
-        img = read_image(source, color=(c == 3), what=what)
+        img = read_image(source, color=(c == 3), what=what, input_hw=(h, w))   # bomb checks
         return resize_linear(img, h, w).transpose(2, 0, 1)
     except NetrunError as e:
         return NetrunError(e.message)

@@ -24,16 +24,23 @@ def blob_shape(bp):
     return ()
 
 
-def blob_array(bp, dtype=np.float32, shape=None):
+def blob_array(bp, dtype=np.float32, shape=None, limit=None):
     """The values (``double_data`` when present, else ``data``) as an array of
-    ``shape`` (default: :func:`blob_shape`)."""
+    ``shape`` (default: :func:`blob_shape`).
+
+    The shape is checked before any array is built: no negative dims, as many
+    values as it needs, and its bytes in ``dtype`` within the memory ``limit``
+    (see :mod:`netrun.io.limits`)."""
+    from .limits import check_declared
     vals = bp.double_data if len(bp.double_data) else bp.data
-    arr = np.asarray(vals, dtype=dtype)
     shape = blob_shape(bp) if shape is None else tuple(shape)
+    if any(d < 0 for d in shape):
+        raise NetrunError(f"blob shape {shape} has a negative dimension")
     need = math.prod(shape)
-    if arr.size != need:
-        raise NetrunError(f"blob holds {arr.size} values but its shape {shape} needs {need}")
-    return arr.reshape(shape)
+    if len(vals) != need:
+        raise NetrunError(f"blob holds {len(vals)} values but its shape {shape} needs {need}")
+    check_declared(need * np.dtype(dtype).itemsize, f"a blob of shape {shape}", None, limit)
+    return np.asarray(vals, dtype=dtype).reshape(shape)
 
 
 def shapes_match(shape, bp):

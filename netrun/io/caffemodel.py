@@ -16,11 +16,12 @@ from .blobproto import blob_array, blob_shape, shapes_match
 from .prototxt import read_binary, upgrade_if_needed
 
 
-def read_weights(path, warn=None):
-    """Parse (and upgrade, for V0/V1 files) a binary caffemodel."""
+def read_weights(path, warn=None, limit=None):
+    """Parse (and upgrade, for V0/V1 files) a binary caffemodel (its size checked
+    against the memory ``limit`` first, see :func:`netrun.io.prototxt.read_binary`)."""
     if isinstance(path, caffe_pb2.NetParameter):
         return upgrade_if_needed(path, warn)
-    param = read_binary(path, caffe_pb2.NetParameter())
+    param = read_binary(path, caffe_pb2.NetParameter(), limit=limit)
     if not len(param.layer) and not len(param.layers):
         raise NetrunError("holds no layers: not a .caffemodel", os.fspath(path))
     return upgrade_if_needed(param, warn, os.fspath(path))
@@ -28,7 +29,9 @@ def read_weights(path, warn=None):
 
 def copy_weights(net, weights):
     where = None if isinstance(weights, caffe_pb2.NetParameter) else os.fspath(weights)
-    param = read_weights(weights, net._warn)
+    budget = getattr(net, "budget", None)
+    limit = budget.limit if budget is not None else None
+    param = read_weights(weights, net._warn, limit)
     index = {name: i for i, name in enumerate(net.layer_names)}
     written = set()
     for lp in param.layer:
@@ -45,7 +48,7 @@ def copy_weights(net, weights):
                 raise NetrunError(f"{label}: blob {k} has shape {blob_shape(bp)} in the weights, "
                                   f"the net expects {blob.shape}", where)
             try:
-                values = blob_array(bp, blob.dtype, blob.shape)
+                values = blob_array(bp, blob.dtype, blob.shape, limit=limit)
             except NetrunError as e:
                 raise NetrunError(f"{label}: blob {k}: {e.message}", where) from None
             blob.data[...] = values

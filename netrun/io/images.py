@@ -30,6 +30,8 @@ This is also Caffe's data-layer formula ``(x - mean) * scale``.
 """
 import os
 import re
+import struct
+import warnings
 
 import numpy as np
 
@@ -47,22 +49,63 @@ def _pil():
     return Image, ImageOps
 
 
-def read_image(source, color=True, what=None):
+# what a damaged or hostile image file can make Pillow raise while it is parsed or decoded
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError,
+                 ZeroDivisionError, RuntimeError, struct.error)
+
+
+def read_image(source, color=True, what=None, limit=None, input_hw=None):
     """Decode an image file (path) or encoded bytes.
 
     ``color``: True -> (H, W, 3) BGR, False -> (H, W, 1) gray, None -> as stored
     (gray stays 1 channel, anything else 3).  Returns uint8.
+
+    The header's size is checked before any pixel is decoded: at most
+    :func:`netrun.io.limits.image_pixel_limit` pixels (from the memory ``limit``,
+    default --max-memory's, and the ``input_hw`` the image is resized to);
+    Pillow's DecompressionBombError becomes the same one-line error.
     """
     import io
+    from .limits import check_image_size
     Image, ImageOps = _pil()
-    label = what or (source if isinstance(source, (str, os.PathLike)) else "encoded image")
-    try:
-        im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-        im.load()
-    except FileNotFoundError:
-        raise NetrunError("no such image file", str(label)) from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise NetrunError(f"cannot decode image ({e})", str(label)) from None
+    label = str(what or (source if isinstance(source, (str, os.PathLike)) else "encoded image"))
+    with warnings.catch_warnings():
+        # Pillow warns from 89.5 Mpx and raises from twice that; netrun's own check
+        # below decides (and Pillow's error becomes netrun's)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        except FileNotFoundError:
+            raise NetrunError("no such image file", label) from None
+        except IsADirectoryError:
+            raise NetrunError("is a directory, not an image file", label) from None
+        except Image.DecompressionBombError as e:
+            raise NetrunError(bomb_message(e), label) from None
+        except MemoryError:
+            raise NetrunError("out of memory reading its header", label) from None
+        except DECODE_ERRORS as e:
+            raise NetrunError(f"cannot decode image ({e})", label) from None
+        with im:
+            w, h = im.size
+            check_image_size(w, h, label, limit, input_hw)
+            try:
+                im.load()
+                return _to_array(im, color, ImageOps)
+            except Image.DecompressionBombError as e:
+                raise NetrunError(bomb_message(e), label) from None
+            except MemoryError:
+                raise NetrunError(f"out of memory decoding its {w}x{h} pixels", label) from None
+            except DECODE_ERRORS as e:
+                raise NetrunError(f"cannot decode image ({e})", label) from None
+
+
+def bomb_message(e):
+    text = str(e).split(", could be", 1)[0].rstrip(". ")
+    return f"refused as a decompression bomb: {text[:1].lower()}{text[1:]} (Pillow's limit)"
+
+
+def _to_array(im, color, ImageOps):
+    """A loaded Pillow image -> (H, W, 3) BGR or (H, W, 1) gray uint8 (see read_image)."""
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:                       # a broken EXIF block: keep the pixels as stored
@@ -84,7 +127,7 @@ def read_image(source, color=True, what=None):
         return np.ascontiguousarray(rgb[..., ::-1])
     if mode in ("L", "1", "LA"):
         return np.asarray(im.convert("L"))[..., None]
-    r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
+    r, g, b = (rgb[..., i].astype(np.int32) for i in range(3))
     y = (r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14
     return y.astype(np.uint8)[..., None]
 
@@ -114,34 +157,40 @@ def resize_linear(img, height, width):
         return img
     x0, x1, a0, a1 = _linear_taps(w_in, width)
     y0, y1, b0, b1 = _linear_taps(h_in, height)
-    src = img.astype(np.int64)
-    # horizontal pass on the two source rows each output row needs
-    rows0, rows1 = src[y0], src[y1]                                   # (height, w_in, C)
+    # horizontal pass on the two source rows each output row needs (only those rows
+    # are widened to int64, not the whole image)
+    rows0, rows1 = img[y0].astype(np.int64), img[y1].astype(np.int64)  # (height, w_in, C)
     s0 = rows0[:, x0] * a0[None, :, None] + rows0[:, x1] * a1[None, :, None]
     s1 = rows1[:, x0] * a0[None, :, None] + rows1[:, x1] * a1[None, :, None]
     out = (((b0[:, None, None] * (s0 >> 4)) >> 16) + ((b1[:, None, None] * (s1 >> 4)) >> 16) + 2) >> 2
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def read_mean_file(path, what="mean file"):
-    """A mean as a (C, H, W) float64 array from a .binaryproto BlobProto or a .npy."""
+def read_mean_file(path, what="mean file", limit=None):
+    """A mean as a (C, H, W) float64 array from a .binaryproto BlobProto or a .npy.
+
+    Declared sizes are checked first (the .npy header; the file's bytes and the
+    blob's shape) against the memory ``limit`` (default: --max-memory's)."""
+    where = f"{path} ({what})"
     if str(path).lower().endswith(".npy"):
+        from .limits import check_npy_file
+        check_npy_file(path, where, limit)
         try:
             m = np.load(path, allow_pickle=False)
         except FileNotFoundError:
-            raise NetrunError("no such file", f"{path} ({what})") from None
+            raise NetrunError("no such file", where) from None
         except (ValueError, OSError) as e:
-            raise NetrunError(f"not a readable .npy array ({e})", f"{path} ({what})") from None
+            raise NetrunError(f"not a readable .npy array ({e})", where) from None
         m = np.asarray(m, np.float64)
     else:
         from ..proto import caffe_pb2
         from .caffemodel import blob_array
         from .prototxt import read_binary
-        bp = read_binary(path, caffe_pb2.BlobProto())
         try:
-            m = blob_array(bp, np.float64)
+            bp = read_binary(path, caffe_pb2.BlobProto(), limit=limit)
+            m = blob_array(bp, np.float64, limit=limit)
         except NetrunError as e:
-            raise e.located(f"{path} ({what})") from None
+            raise NetrunError(e.message, where) from None
     if m.ndim == 4 and m.shape[0] == 1:
         m = m[0]
     if m.ndim == 1:
@@ -191,19 +240,23 @@ def load_images(net, name, paths, o):
     if c not in (1, 3):
         raise NetrunError(f'input "{name}" has {c} channels: images load as 1 (gray) or 3 (BGR) '
                           "channels")
-    imgs = [resize_linear(read_image(p, color=(c == 3), what=f"{p} (--input {name})"), h, w)
+    budget = getattr(net, "budget", None)
+    limit = budget.limit if budget is not None else None
+    imgs = [resize_linear(read_image(p, color=(c == 3), what=f"{p} (--input {name})",
+                                     limit=limit, input_hw=(h, w)), h, w)
             for p in paths]
     u8 = np.stack(imgs).transpose(0, 3, 1, 2)                         # (N, C, H, W)
-    mean = (read_mean_file(o["mean_file"], "--mean-file") if o.get("mean_file") and not o.get("mean")
-            else None)
-    return preprocess(u8, net.dtype, o, mean)
+    mean = (read_mean_file(o["mean_file"], "--mean-file", limit)
+            if o.get("mean_file") and not o.get("mean") else None)
+    return preprocess(u8, net.dtype, o, mean, limit)
 
 
-def preprocess(u8, dtype, o, mean=None):
+def preprocess(u8, dtype, o, mean=None, limit=None):
     """(N, C, H, W) uint8 pixels -> the input array: steps 2-4 of the module doc.
 
     ``o`` holds the options ``raw_scale``, ``mean``, ``mean_file`` and ``scale``;
-    ``mean`` is the array read from ``o["mean_file"]`` (read once by the caller)."""
+    ``mean`` is the array read from ``o["mean_file"]`` (read once by the caller), or it is
+    read here within ``limit`` bytes."""
     dtype = np.dtype(dtype)
     _, c, h, w = u8.shape
     raw_scale = o.get("raw_scale")
@@ -222,7 +275,7 @@ def preprocess(u8, dtype, o, mean=None):
         x -= np.asarray(vals, dtype).reshape(-1, 1, 1)
     elif o.get("mean_file"):
         if mean is None:
-            mean = read_mean_file(o["mean_file"], "--mean-file")
+            mean = read_mean_file(o["mean_file"], "--mean-file", limit)
         x -= fit_mean(mean, (c, h, w), f"--mean-file {o['mean_file']}").astype(dtype)
     scale = o.get("scale")
     if scale is not None:
@@ -236,9 +289,9 @@ _SYNSET = re.compile(r"^n\d{8}\s")
 
 def read_labels(path):
     """Class names, one a line; ``n01440764 tench, Tinca tinca`` gives ``tench, Tinca tinca``."""
+    from .limits import read_lines
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        lines = read_lines(path, f"{path} (--labels)")
     except FileNotFoundError:
         raise NetrunError("no such file", f"{path} (--labels)") from None
     except OSError as e:

@@ -15,9 +15,19 @@ from ..proto import caffe_pb2
 _ERR_POS = re.compile(r"^\s*(\d+):(\d+)\s*:\s*")
 
 
-def read_text(path):
+# bytes a parsed text protobuf may hold per byte of text (an empty ``layer {}`` is
+# 9 bytes of text and some 500 bytes parsed)
+TEXT_PARSE_FACTOR = 64
+
+
+def read_text(path, limit=None):
+    """A prototxt's text; its size (times what parsing it may take) is checked
+    against the memory ``limit`` before it is read."""
+    from .limits import check_declared
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            check_declared(size * TEXT_PARSE_FACTOR, f"a {size}-byte text file", str(path), limit)
             raw = f.read()
     except FileNotFoundError:
         raise NetrunError("no such file", str(path)) from None
@@ -173,21 +183,45 @@ def upgrade_if_needed(param, warn=None, path=None):
     return param
 
 
-def read_binary(path, message):
-    """Parse a binary protobuf file (caffemodel, binaryproto, solverstate)."""
+# bytes a parsed protobuf holds per byte of its file, beyond the file's own bytes, at
+# least: packed floats take as much as on the wire (the wire walk of
+# netrun.io.limits.protobuf_cost then estimates the rest, before parsing)
+PROTO_PARSE_FACTOR = 1
+
+
+def read_binary(path, message, limit=None):
+    """Parse a binary protobuf file (caffemodel, binaryproto, solverstate).
+
+    The file's size is checked against the memory ``limit`` (default: 80% of the
+    available memory, see :mod:`netrun.io.limits`) before it is read: the bytes
+    and the parsed message are both held; then the cost of parsing it, estimated
+    from a walk of its wire format (forged files of millions of empty messages
+    take 200 times their size), before it is parsed."""
+    from .limits import check_declared, file_limit, protobuf_cost
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            check_declared(size * (1 + PROTO_PARSE_FACTOR),
+                           f"a {size}-byte {message.DESCRIPTOR.name} file", path, limit)
             raw = f.read()
     except FileNotFoundError:
         raise NetrunError("no such file", path) from None
     except IsADirectoryError:
         raise NetrunError("is a directory, not a file", path) from None
+    except MemoryError:
+        raise NetrunError("out of memory reading it", path) from None
     except OSError as e:
         raise NetrunError(f"cannot read: {e.strerror}", path) from None
+    lim = file_limit(limit)
+    cost = protobuf_cost(raw, message.DESCRIPTOR, stop_above=lim)
+    check_declared(len(raw) + cost, f"parsing its {len(raw)} bytes as a {message.DESCRIPTOR.name}",
+                   path, lim)
     try:
         message.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise NetrunError(f"not a valid binary {message.DESCRIPTOR.name} "
                           f"(truncated or not a protobuf file: {e})", path) from None
+    except MemoryError:
+        raise NetrunError(f"out of memory parsing its {message.DESCRIPTOR.name}", path) from None
     return message

@@ -27,6 +27,7 @@ current directory first, then next to the prototxt.  The optional packages are
 imported only when a layer needs them.
 """
 import importlib
+import math
 import os
 import sys
 
@@ -173,10 +174,19 @@ def resolve_path(path, ctx, what, extra_dirs=(), hint=""):
                      ")" + hint)
 
 
-def read_list(path, what):
+def ctx_limit(ctx):
+    """The net's memory limit (--max-memory) for the files a layer reads; None: the
+    default (80% of the available memory), see :mod:`netrun.io.limits`."""
+    budget = getattr(ctx, "budget", None)
+    return budget.limit if budget is not None else None
+
+
+def read_list(path, what, limit=None):
+    from ..io.limits import read_lines
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read().splitlines()
+        return read_lines(path, f'{what} "{path}"', limit)
+    except NetrunError as e:
+        raise LayerError(str(e)) from None
     except OSError as e:
         raise LayerError(f'cannot read {what} "{path}": {e.strerror or e}') from None
 
@@ -201,7 +211,8 @@ class DataTransformer:
             from ..io.images import read_mean_file
             path = resolve_path(tp.mean_file, ctx, "transform_param.mean_file")
             try:
-                self.mean = read_mean_file(path, "transform_param.mean_file").astype(self.dtype)
+                self.mean = read_mean_file(path, "transform_param.mean_file",
+                                           ctx_limit(ctx)).astype(self.dtype)
             except NetrunError as e:
                 raise LayerError(str(e)) from None
         self.mean_values = np.asarray(tp.mean_value, self.dtype)
@@ -261,28 +272,41 @@ def chw(img):
     return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
-def decode_datum(raw, color):
-    """A serialized caffe Datum -> ((C, H, W) array, label)."""
+def decode_datum(raw, color, limit=None, where="a record"):
+    """A serialized caffe Datum -> ((C, H, W) array, label).
+
+    Before anything is built: the record's bytes against the memory ``limit``,
+    the declared channels x height x width (each > 0) against the values present,
+    and an encoded image's header against the pixel limit (netrun.io.limits)."""
+    from ..io.limits import check_declared
     from ..proto import caffe_pb2
+    try:
+        check_declared(len(raw), f"a record of {len(raw)} bytes", None, limit)
+    except NetrunError as e:
+        raise LayerError(f"{where}: {e.message}") from None
     d = caffe_pb2.Datum()
     try:
         d.ParseFromString(raw)
     except Exception as e:
-        raise LayerError(f"a record is not a caffe Datum ({e})") from None
+        raise LayerError(f"{where} is not a caffe Datum ({e})") from None
     if d.encoded:
         from ..io.images import read_image
         try:
-            return chw(read_image(bytes(d.data), color=color, what="encoded Datum")), d.label
+            return chw(read_image(bytes(d.data), color=color, what="encoded Datum",
+                                  limit=limit)), d.label
         except NetrunError as e:
-            raise LayerError(str(e)) from None
+            raise LayerError(f"{where}: {e}") from None
     shape = (d.channels, d.height, d.width)
-    check(d.channels > 0, f"a Datum has {d.channels} channels")
-    count = int(np.prod(shape))
+    check(all(s > 0 for s in shape),
+          f"{where}: a Datum declares channels x height x width {shape}: each must be positive")
+    count = math.prod(shape)
+    present = len(d.data) if len(d.data) else len(d.float_data)
+    check(present == count, f"{where}: a Datum declares channels x height x width {shape} = "
+                            f"{count} values but holds {present}")
     if len(d.data):
         arr = np.frombuffer(d.data, np.uint8)
     else:
         arr = np.asarray(d.float_data, np.float32)
-    check(arr.size == count, f"a Datum holds {arr.size} values for its shape {shape}")
     return arr.reshape(shape), d.label
 
 
@@ -304,40 +328,63 @@ _LMDB_ENVS = {}     # one environment per database and process (py-lmdb refuses 
 
 
 class _LMDBCursor:
-    """Records in key order, starting over after the last."""
+    """Records in key order, starting over after the last.  Each record's size is
+    checked against the memory ``limit`` before its bytes are copied out of the map."""
 
-    def __init__(self, path):
+    def __init__(self, path, limit=None):
         lmdb = need_module("lmdb", "netrun[lmdb]", "Data with backend LMDB")
         key = os.path.realpath(path)
+        self.path = path
+        self.limit = limit
         try:
             if key not in _LMDB_ENVS:
                 _LMDB_ENVS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False,
                                             subdir=os.path.isdir(path), max_readers=126)
             self.env = _LMDB_ENVS[key]
-            self.txn = self.env.begin(buffers=False)
+            self.txn = self.env.begin(buffers=True)
             self.cursor = self.txn.cursor()
         except lmdb.Error as e:
             raise LayerError(f'cannot open LMDB "{path}": {e}') from None
         check(self.cursor.first(), f'LMDB "{path}" holds no records')
 
+    def _value(self):
+        """(where, bytes) of the current record, its size checked before the copy."""
+        from ..io.limits import check_declared
+        where = f'LMDB "{self.path}" record "{bytes(self.cursor.key()).decode("utf-8", "replace")}"'
+        value = self.cursor.value()
+        try:
+            check_declared(len(value), f"a record of {len(value)} bytes", None, self.limit)
+        except NetrunError as e:
+            raise LayerError(f"{where}: {e.message}") from None
+        return where, bytes(value)
+
     def peek(self):
-        return self.cursor.value()
+        return self._value()
 
     def next(self):
-        value = self.cursor.value()
+        value = self._value()
         if not self.cursor.next():
             self.cursor.first()
         return value
 
 
 class _LevelDBCursor:
-    def __init__(self, path):
+    def __init__(self, path, limit=None):
+        from ..io.limits import check_declared
         plyvel = need_module("plyvel", "plyvel", "Data with backend LEVELDB")
         try:
             self.db = plyvel.DB(path, create_if_missing=False)
         except Exception as e:
             raise LayerError(f'cannot open LevelDB "{path}": {e}') from None
-        self.values = [v for _, v in self.db.iterator()]
+        self.values = []
+        total = 0
+        for k, v in self.db.iterator():         # all records are held: their sum is checked
+            total += len(v)
+            try:
+                check_declared(total, f"{len(self.values) + 1} records", None, limit)
+            except NetrunError as e:
+                raise LayerError(f'LevelDB "{path}": {e.message}') from None
+            self.values.append((f'LevelDB "{path}" record "{k.decode("utf-8", "replace")}"', v))
         check(self.values, f'LevelDB "{path}" holds no records')
         self.pos = 0
 
@@ -371,13 +418,14 @@ class Data(Layer):
         self.transformer = DataTransformer(self.param.transform_param, self.phase, self.ctx,
                                            self.dtype)
         if p.backend == caffe_pb2.DataParameter.LMDB:
-            self.db = _LMDBCursor(path)
+            self.db = _LMDBCursor(path, ctx_limit(self.ctx))
         else:
             if os.path.exists(os.path.join(path, "data.mdb")):
                 raise LayerError(f'"{path}" is an LMDB database but data_param.backend is LEVELDB '
                                  "(Caffe's default): add backend: LMDB")
-            self.db = _LevelDBCursor(path)
-        item, _ = decode_datum(self.db.peek(), self.transformer.decode_color)
+            self.db = _LevelDBCursor(path, ctx_limit(self.ctx))
+        where, raw = self.db.peek()
+        item, _ = decode_datum(raw, self.transformer.decode_color, ctx_limit(self.ctx), where)
         top[0].reshape((self.batch_size,) + self.transformer.output_shape(*item.shape))
         if len(top) > 1:
             top[1].reshape((self.batch_size,))
@@ -388,7 +436,8 @@ class Data(Layer):
     def forward(self, bottom, top):
         items, labels = [], []
         for _ in range(self.batch_size):
-            a, lab = decode_datum(self.db.next(), self.transformer.decode_color)
+            where, raw = self.db.next()
+            a, lab = decode_datum(raw, self.transformer.decode_color, ctx_limit(self.ctx), where)
             items.append(a)
             labels.append(lab)
         x = self.transformer(stack_items(items, "record"))
@@ -429,7 +478,7 @@ class ImageData(Layer):
         source = resolve_path(p.source, self.ctx, "image_data_param.source", hint=SOURCE_HINT)
         self.list_dir = os.path.dirname(source)
         lines = []
-        for num, line in enumerate(read_list(source, "image list"), 1):
+        for num, line in enumerate(read_list(source, "image list", ctx_limit(self.ctx)), 1):
             line = line.strip()
             if not line:
                 continue
@@ -461,7 +510,8 @@ class ImageData(Layer):
         path, _ = self.lines[i]
         try:
             full = resolve_path(path, self.ctx, "image", (self.list_dir,))
-            img = read_image(full, color=self.color)
+            img = read_image(full, color=self.color, limit=ctx_limit(self.ctx),
+                             input_hw=self.new_hw)
         except NetrunError as e:
             raise LayerError(f"could not load image: {e}") from None
         if self.new_hw:
@@ -517,7 +567,8 @@ class HDF5Data(Layer):
         self.batch_size = check_batch(p.batch_size, "hdf5_data_param")
         source = resolve_path(p.source, self.ctx, "hdf5_data_param.source", hint=SOURCE_HINT)
         list_dir = os.path.dirname(source)
-        files = [ln.strip() for ln in read_list(source, "HDF5 file list") if ln.strip()]
+        listed = read_list(source, "HDF5 file list", ctx_limit(self.ctx))
+        files = [ln.strip() for ln in listed if ln.strip()]
         check(files, f'HDF5 file list "{source}" names no files')
         self.files = [resolve_path(f, self.ctx, "HDF5 file", (list_dir,)) for f in files]
         self.names = list(self.param.top)
@@ -532,8 +583,10 @@ class HDF5Data(Layer):
             t.reshape((self.batch_size,) + a.shape[1:])
 
     def _load(self, path):
+        from ..io.limits import check_declared
         h5py = need_h5py()
-        arrays = []
+        limit = ctx_limit(self.ctx)
+        arrays, declared = [], []
         try:
             with h5py.File(path, "r") as f:
                 for name in self.names:
@@ -542,8 +595,27 @@ class HDF5Data(Layer):
                         raise LayerError(f'"{path}" has no dataset "{name}" (datasets: {have})')
                     ds = f[name]
                     check(ds.ndim >= 1, f'dataset "{name}" of "{path}" is a scalar; it needs rows')
+                    declared.append((name, ds))
+                # shape x dtype of every dataset before any slab is read: the file's
+                # values and their conversion to the net's dtype are held together
+                total = 0
+                for name, ds in declared:
+                    where = f'HDF5 file "{path}" dataset "{name}"'
+                    kind = ds.dtype.kind
+                    check(kind in "biuf", f'{where} has dtype {ds.dtype}: not numeric')
+                    n = math.prod(int(d) for d in ds.shape)
+                    nbytes = n * (ds.dtype.itemsize + self.dtype.itemsize)
+                    total += nbytes
+                    try:
+                        check_declared(nbytes, f"{tuple(ds.shape)} {ds.dtype} values", None, limit)
+                        check_declared(total, f"its datasets {self.names}", None, limit)
+                    except NetrunError as e:
+                        raise LayerError(f"{where}: {e.message}") from None
+                for name, ds in declared:
                     arrays.append(np.asarray(ds[()], self.dtype))
-        except OSError as e:
+        except MemoryError:
+            raise LayerError(f'out of memory reading HDF5 file "{path}"') from None
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
             raise LayerError(f'cannot read HDF5 file "{path}": {e}') from None
         rows = arrays[0].shape[0]
         for name, a in zip(self.names, arrays):

@@ -4,7 +4,7 @@ weight, so every gradient is scaled by it.
 """
 import numpy as np
 
-from ..errors import LayerError, check
+from ..errors import LayerError, NetrunError, check
 from .base import Layer, canonical_axis, register
 from .common import softmax
 
@@ -373,8 +373,12 @@ class InfogainLoss(LossLayer):
             cand = os.path.join(self.ctx.base_dir or ".", path)
             if os.path.exists(cand):
                 path = cand
-        bp = read_binary(path, caffe_pb2.BlobProto())
-        return blob_array(bp, self.dtype)
+        limit = self.ctx.budget.limit if self.ctx.budget is not None else None
+        bp = read_binary(path, caffe_pb2.BlobProto(), limit=limit)
+        try:
+            return blob_array(bp, self.dtype, limit=limit)
+        except NetrunError as e:
+            raise LayerError(f"{path}: {e.message}") from None
 
     def reshape(self, bottom, top):
         LossLayer.reshape(self, bottom, top)
