@@ -53,6 +53,7 @@ def register_python(module, layer):
     user code (so without ``allow_python_layers``)."""
     def deco(cls):
         _PYTHON_BUILTINS[(module, layer)] = cls
+        cls.type = "Python"
         return cls
     return deco
 

@@ -197,6 +197,7 @@ class Proposal(Layer):
     (TRAIN: 2000).  Top 0: rois (R, 5) = (0, x1, y1, x2, y2); top 1 (optional): the
     scores (R, 1).  No backward (as the Python layer).  Batch size 1 only.
     """
+    type = "Python"          # what the prototxt says; python_param names the built-in
     exact_bottoms = 3
     min_tops = 1
     max_tops = 2
