@@ -51,10 +51,9 @@ def _fork_net_class():
                     elif field.name == "tile_param":
                         field.type_name = ".netrun_fork_view.DenseImageDataParameter"
         pool = descriptor_pool.DescriptorPool()
-        fd = pool.Add(fdp)
+        pool.Add(fdp)
         desc = pool.FindMessageTypeByName("netrun_fork_view.NetParameter")
         _FORK_NET = message_factory.GetMessageClass(desc)
-        del fd
     return _FORK_NET
 
 
