@@ -458,3 +458,21 @@ def test_fork_caffemodel_upsample_param_is_read_back(number, tmp_path):
     assert param.layer[0].upsample_param == up
     assert not param.layer[0].HasField("embed_param") and not param.layer[0].HasField("swish_param")
     assert param.layer[1].embed_param == emb
+
+
+def test_netrun_layers_lists_the_forks():
+    from click.testing import CliRunner
+    from netrun.cli import main
+    res = CliRunner().invoke(main, ["layers"])
+    assert res.exit_code == 0
+    lines = {ln.split()[0]: ln for ln in res.stdout.splitlines()}
+    for t, fork in [("BN", "SegNet/ENet"), ("Upsample", "SegNet/ENet"),
+                    ("ShuffleChannel", "ShuffleNet"), ("ConvolutionDepthwise", "ShuffleNet"),
+                    ("Normalize", "SSD"), ("Permute", "SSD"), ("PriorBox", "SSD"),
+                    ("DetectionOutput", "SSD"), ("ROIPooling", "Faster R-CNN"),
+                    ("SmoothL1Loss", "Faster R-CNN")]:
+        assert f"fork: {fork}" in lines[t], lines[t]
+    assert "rpn.proposal_layer.ProposalLayer" in lines["Python"]
+    assert lines["Convolution"] == "Convolution"            # BVLC types: just the name
+    res = CliRunner().invoke(main, ["layers", "--json"])
+    assert "PriorBox" in res.stdout
