@@ -157,6 +157,7 @@ class PriorBox(Layer):
                   "give one max_size per min_size")
             check(all(M > m for m, M in zip(p.min_size, p.max_size)),
                   "max_size must be greater than min_size")
+        check(all(a > 0 for a in p.aspect_ratio), "aspect_ratio must be positive")
         self.ars = _aspect_ratios(p)
         self.num_priors = len(self.ars) * len(self.min_sizes) + len(self.max_sizes)
         check(len(p.variance) in (0, 1, 4), "give 1 or 4 variances")

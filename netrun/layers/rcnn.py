@@ -73,6 +73,8 @@ class ROIPooling(Layer):
         y = top[0].data
         self._argmax = np.full(y.shape, -1, np.int64)
         self._batch = np.zeros(len(rois), np.int64)
+        if not np.isfinite(rois).all():
+            raise LayerError("the rois bottom holds non-finite values")
         for r, roi in enumerate(rois):
             n = int(roi[0])
             if not 0 <= n < N:
@@ -211,19 +213,30 @@ class Proposal(Layer):
 
     def setup(self, bottom, top):
         text = self.param.python_param.param_str.strip()
+        # py-faster-rcnn reads it as YAML: "'feat_stride': 16" (a dict without braces)
         try:
             cfg = ast.literal_eval("{" + text + "}") if text and not text.startswith("{") \
                 else ast.literal_eval(text or "{}")
         except (ValueError, SyntaxError):
             cfg = {}
-            for part in text.replace("{", "").replace("}", "").split(","):
-                if ":" in part:
-                    k, v = part.split(":", 1)
-                    cfg[k.strip().strip("'\"")] = ast.literal_eval(v.strip())
+            try:
+                for part in text.replace("{", "").replace("}", "").split(","):
+                    if ":" in part:
+                        k, v = part.split(":", 1)
+                        cfg[k.strip().strip("'\"")] = ast.literal_eval(v.strip())
+            except (ValueError, SyntaxError):
+                cfg = None
         check(isinstance(cfg, dict) and "feat_stride" in cfg,
-              f"param_str {text!r} must give 'feat_stride'")
-        self.stride = int(cfg["feat_stride"])
-        self.anchors = generate_anchors(scales=tuple(cfg.get("scales", (8, 16, 32))))
+              f"param_str {text!r} must give 'feat_stride' (e.g. \"'feat_stride': 16\")")
+        try:
+            self.stride = int(cfg["feat_stride"])
+            scales = tuple(float(s) for s in cfg.get("scales", (8, 16, 32)))
+        except (TypeError, ValueError):
+            raise LayerError(f"param_str {text!r}: feat_stride must be a number and scales "
+                             "a list of numbers") from None
+        check(self.stride > 0 and scales and min(scales) > 0,
+              "feat_stride and the scales must be positive")
+        self.anchors = generate_anchors(scales=scales)
         self.A = len(self.anchors)
         self.cfg = _RPN_CFG[caffe_pb2.TRAIN if self.phase == caffe_pb2.TRAIN else caffe_pb2.TEST]
 
