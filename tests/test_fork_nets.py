@@ -119,12 +119,18 @@ def test_enet_forward_backward():
     assert {"BN", "Upsample", "PReLU", "Deconvolution"} <= types
 
 
-def test_enet_deploy_needs_its_python_dropout_layers():
-    # enet_deploy.prototxt (before BN merging) has ENet's own Python spatial-dropout layers
-    runner = CliRunner()
-    res = runner.invoke(main, ["forward", str(CORPUS / "enet/enet_deploy.prototxt")])
-    assert res.exit_code == 2 and "--allow-python-layers" in res.stderr
-    assert "spatial_dropout" in res.stderr
+def test_enet_deploy_with_its_python_dropout_layers():
+    # enet_deploy.prototxt (before BN merging): BN in LEARN mode and ENet's own Python
+    # spatial-dropout layers, run by netrun's built-in (no --allow-python-layers)
+    param = read_net(CORPUS / "enet/enet_deploy.prototxt", quiet).param
+    assert sum(lp.type == "Python" for lp in param.layer) == 27
+    net = run_forward_backward(param, {"data": image(1, 3, 32, 64)})
+    assert net.blobs[net.outputs[0]].shape == (1, 19, 32, 64)
+    assert np.any(net.blobs["data"].diff)
+    res = CliRunner().invoke(main, ["forward", str(CORPUS / "enet/enet_deploy.prototxt"),
+                                    "--input-shape", "data=1,3,32,64", "-q"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count("built-in spatial dropout") == 1
 
 
 def test_faster_rcnn_forward_backward():
@@ -160,8 +166,7 @@ def test_fork_nets_read(rel):
     assert len(src.param.layer) > 10
 
 
-@pytest.mark.parametrize("rel", [r for r in FORK_NETS if r not in (
-    "enet/enet_deploy.prototxt", "segnet/segnet_inference.prototxt")])
+@pytest.mark.parametrize("rel", [r for r in FORK_NETS if r != "segnet/segnet_inference.prototxt"])
 def test_summary_and_draw(rel, tmp_path):
     runner = CliRunner()
     path = str(CORPUS / rel)

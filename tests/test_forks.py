@@ -476,3 +476,36 @@ def test_netrun_layers_lists_the_forks():
     assert lines["Convolution"] == "Convolution"            # BVLC types: just the name
     res = CliRunner().invoke(main, ["layers", "--json"])
     assert "PriorBox" in res.stdout
+
+
+SPATIAL = ('name: "drop" type: "Python" python_param {{ module: "spatial_dropout" '
+           'layer: "SpatialDropoutLayer" param_str: "{{\'phase\': \'{phase}\', \'p\': \'0.25\'}}" }}')
+
+
+def test_enet_spatial_dropout_is_built_in():
+    from google.protobuf import text_format
+    from netrun.blob import Blob
+    from netrun.layers import Context, layer_class_for
+    from netrun.proto import caffe_pb2
+    x = rand(3, 8, 2, 2) + 2
+
+    def run(phase, seed=0):
+        lp = text_format.Parse(SPATIAL.format(phase=phase), caffe_pb2.LayerParameter())
+        layer = layer_class_for(lp)(lp, Context(caffe_pb2.TEST, np.float64,
+                                                np.random.default_rng(seed)))
+        b, t = Blob(x.shape, np.float64), Blob((), np.float64)
+        b.data[...] = x
+        layer.setup([b], [t])
+        layer.reshape([b], [t])
+        layer.forward([b], [t])
+        return layer, t.data.copy()
+    _, y = run("TEST")
+    assert y == pytest.approx(x / 0.75)                # the module scales in TEST too
+    _, y = run("TRAIN")
+    kept = (y != 0).all(axis=(2, 3))
+    dropped = (y == 0).all(axis=(2, 3))
+    assert (kept | dropped).all() and dropped.any() and kept.any()     # whole channels
+    assert y[kept] == pytest.approx((x / 0.75)[kept])
+    layer, _ = run("TRAIN")
+    result = check_layer(layer, [x], ["x"], 1)
+    assert result["status"] == "pass", result

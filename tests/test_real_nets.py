@@ -315,9 +315,9 @@ def test_fork_net_fails_before_any_work(rel):
 
 
 def test_fork_nets_netrun_cannot_run():
-    # SegNet's DenseImageData data layer; ENet's pre-merge net with Python dropout layers
+    # SegNet's DenseImageData data layer
     assert _fork_files_netrun_cannot_run() == (
-        ["enet/enet_deploy.prototxt", "segnet/segnet_inference.prototxt"] if FORK_FILES else [])
+        ["segnet/segnet_inference.prototxt"] if FORK_FILES else [])
 
 
 @pytest.mark.parametrize("fork_type", sorted(t for t in FORK_TYPES if layer_class(t) is None))

@@ -227,7 +227,7 @@ def list_layers(quiet, as_json):
     """
     from ..layers import registered_types
     from ..layers.base import python_builtins
-    from ..layers.forks import FORK_LAYERS
+    from ..layers.forks import FORK_LAYERS, PYTHON_FORK_LAYERS
     if as_json:
         print_json(registered_types())
         return
@@ -237,8 +237,8 @@ def list_layers(quiet, as_json):
         if t in FORK_LAYERS:
             click.echo(f"{t:<{width}}fork: {FORK_LAYERS[t]}")
         elif t == "Python" and python_builtins():
-            built = ", ".join(f"{m}.{c}" for m, c in sorted(python_builtins()))
-            click.echo(f"{t:<{width}}built in (no --allow-python-layers needed): {built} "
-                       "(fork: Faster R-CNN, rbgirshick/py-faster-rcnn)")
+            built = ", ".join(f"{m}.{c} (fork: {PYTHON_FORK_LAYERS.get((m, c), '?')})"
+                              for m, c in sorted(python_builtins()))
+            click.echo(f"{t:<{width}}built in, no --allow-python-layers needed: {built}")
         else:
             click.echo(t)

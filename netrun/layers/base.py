@@ -91,6 +91,13 @@ class Context:
         if self._warn is not None:
             self._warn(message)
 
+    def warn_once(self, key, message):
+        """warn(message) the first time ``key`` is seen by this context (one net)."""
+        seen = self.__dict__.setdefault("_warned_keys", set())
+        if key not in seen:
+            seen.add(key)
+            self.warn(message)
+
 
 class Layer:
     type = None

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import LayerError, check
 from ..proto import caffe_pb2
-from .base import Layer, register
+from .base import Layer, register, register_python
 from .vision import Convolution
 
 # type -> the fork (repository) that defines it.  Types netrun implements and types
@@ -38,6 +38,12 @@ FORK_LAYERS = {
     "Axpy": "SENet (hujie-frank/SENet)",
     "Reorg": "YOLOv2 forks",
     "Region": "YOLOv2 forks",
+}
+
+# Python layers of the forks that netrun has built in (python_param module, layer) -> fork
+PYTHON_FORK_LAYERS = {
+    ("rpn.proposal_layer", "ProposalLayer"): "Faster R-CNN (rbgirshick/py-faster-rcnn)",
+    ("spatial_dropout", "SpatialDropoutLayer"): "ENet (TimoSaemann/ENet)",
 }
 
 F64 = np.float64
@@ -283,3 +289,59 @@ class ConvolutionDepthwise(Convolution):
         lp.convolution_param.group = channels
         self.param = lp
         super().setup(bottom, top)
+
+
+@register_python("spatial_dropout", "SpatialDropoutLayer")
+class SpatialDropout(Layer):
+    """ENet's spatial dropout (its Python layer ``spatial_dropout.SpatialDropoutLayer``,
+    from TimoSaemann/ENet), built in.  param_str ``{'phase': 'TRAIN' or 'TEST', 'p': P}``
+    (the phase is the param_str's, not the net's), 0 < P < 1, s = 1 / (1 - P):
+        TRAIN: per image n and channel c, m ~ Bernoulli(1 - P) (the net's rng);
+               y = x m s,  dx = dy m s
+        TEST:  y = x s,    dx = dy s     (the module scales in TEST too; netrun does the
+                                          same, so the published nets' numbers hold)
+    """
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def __init__(self, param, ctx):
+        super().__init__(param, ctx)
+        ctx.warn_once("spatial_dropout", 'Python layers of module "spatial_dropout" (ENet\'s '
+                      f'SpatialDropoutLayer; first: "{param.name}") run netrun\'s built-in '
+                      "spatial dropout (as the module, it multiplies by 1 / (1 - p) in its "
+                      "TEST phase too)")
+
+    def setup(self, bottom, top):
+        import ast
+        text = self.param.python_param.param_str
+        try:
+            cfg = ast.literal_eval(text)
+            self.train = str(cfg["phase"]).upper() == "TRAIN"
+            p = float(cfg["p"])
+        except (ValueError, SyntaxError, TypeError, KeyError):
+            raise LayerError(f"param_str {text!r} must be {{'phase': 'TRAIN' or 'TEST', "
+                             "'p': P}") from None
+        check(0 < p < 1, f"p must be between 0 and 1, got {p:g}")
+        self.keep = 1.0 - p
+        self.scale = self.dtype.type(1.0 / (1.0 - p))
+        self._mask = None
+
+    def reshape(self, bottom, top):
+        check(bottom[0].num_axes >= 2, f"spatial dropout needs a channel axis, got "
+                                       f"{bottom[0].shape}")
+        top[0].reshape(bottom[0].shape)
+
+    def _factor(self, shape):
+        if not self.train:
+            return self.scale
+        return (self._mask * self.scale).reshape(shape[:2] + (1,) * (len(shape) - 2))
+
+    def forward(self, bottom, top):
+        shape = bottom[0].shape
+        if self.train:
+            self._mask = (self.ctx.rng.random(shape[:2]) < self.keep).astype(self.dtype)
+        top[0].data[...] = bottom[0].data * self._factor(shape)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff * self._factor(bottom[0].shape)

@@ -207,9 +207,10 @@ class Proposal(Layer):
 
     def __init__(self, param, ctx):
         super().__init__(param, ctx)
-        ctx.warn(f'Python layer "{param.name}" (rpn.proposal_layer.ProposalLayer) runs '
-                 "netrun's built-in proposal layer (py-faster-rcnn's algorithm and default "
-                 "config), not the module's code")
+        ctx.warn_once("rpn.proposal_layer",
+                      f'Python layer "{param.name}" (rpn.proposal_layer.ProposalLayer) runs '
+                      "netrun's built-in proposal layer (py-faster-rcnn's algorithm and "
+                      "default config), not the module's code")
 
     def setup(self, bottom, top):
         text = self.param.python_param.param_str.strip()
