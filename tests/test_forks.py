@@ -509,3 +509,14 @@ def test_enet_spatial_dropout_is_built_in():
     layer, _ = run("TRAIN")
     result = check_layer(layer, [x], ["x"], 1)
     assert result["status"] == "pass", result
+
+
+def test_detection_output_corner_size_decoding():
+    prior = _priors([[0.2, 0.2, 0.6, 0.4]])
+    loc = np.array([[1.0, -1.0, 0.5, 0.0]])
+    conf = np.array([[0.0, 0.9, 0.1]])
+    layer, bottom, top, _ = build_layer(DET.format(code="CORNER_SIZE", keep=-1),
+                                        [loc, conf, prior])
+    rows = forward_copies(layer, bottom, top)[0].reshape(-1, 7)
+    # prior + v loc (w, h, w, h), w = 0.4, h = 0.2
+    assert rows[0] == pytest.approx([0, 1, 0.9, 0.24, 0.18, 0.64, 0.4], abs=1e-6)

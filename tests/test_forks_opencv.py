@@ -128,3 +128,47 @@ def test_roi_pooling_matches_opencv(tmp_path):
     ref.setInput(rois, "rois")
     theirs = ref.forward("pool")
     assert_close(net.blobs["pool"].data, theirs, "pool")
+
+
+DET_NET = """name: "det"
+layer {{ name: "loc" type: "Input" top: "loc" input_param {{ shape {{ dim: 2 dim: {nloc} }} }} }}
+layer {{ name: "conf" type: "Input" top: "conf" input_param {{ shape {{ dim: 2 dim: {nconf} }} }} }}
+layer {{ name: "prior" type: "Input" top: "prior" input_param {{ shape {{ dim: 1 dim: 2 dim: {nprior} }} }} }}
+layer {{ name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior"
+        top: "det" detection_output_param {{ num_classes: 4 share_location: {share}
+        background_label_id: {bg} code_type: {code} keep_top_k: 30 confidence_threshold: 0.2
+        nms_param {{ nms_threshold: 0.45 top_k: 40 }} }} }}
+"""
+
+
+@pytest.mark.parametrize("code,share,bg", [("CENTER_SIZE", "true", 0), ("CORNER", "true", 0),
+                                           ("CORNER", "false", 2)])  # (no CORNER_SIZE in OpenCV)
+def test_detection_output_matches_opencv(code, share, bg, tmp_path):
+    """DetectionOutput alone, both given the same (float32) loc, conf and priors: 2 images,
+    60 priors on a 5 x 6 grid with overlapping boxes, 4 classes."""
+    rng = np.random.RandomState(7)
+    P, C = 60, 4
+    L = 1 if share == "true" else C
+    cx, cy = np.meshgrid(np.arange(6) / 6 + 0.08, np.arange(5) / 5 + 0.1)
+    cx, cy = np.repeat(cx.ravel(), 2), np.repeat(cy.ravel(), 2)
+    w = np.tile([0.3, 0.15], 30)
+    boxes = np.stack([cx - w / 2, cy - w / 2, cx + w / 2, cy + w / 2], axis=1)
+    prior = np.stack([boxes.ravel(), np.tile([0.1, 0.1, 0.2, 0.2], P)])[None].astype(np.float32)
+    loc = rng.uniform(-1, 1, (2, P * L * 4)).astype(np.float32)
+    conf = rng.dirichlet(np.ones(C), size=(2, P)).reshape(2, -1).astype(np.float32)
+    path = tmp_path / "det.prototxt"
+    path.write_text(DET_NET.format(nloc=P * L * 4, nconf=P * C, nprior=P * 4, share=share,
+                                   bg=bg, code=code))
+    net = Net(str(path), warn=lambda m: None)
+    for name, value in (("loc", loc), ("conf", conf), ("prior", prior)):
+        net.blobs[name].data[...] = value
+    net.forward()
+    ref = cv2.dnn.readNetFromCaffe(str(path))
+    for name, value in (("loc", loc), ("conf", conf), ("prior", prior)):
+        ref.setInput(value, name)
+    theirs = ref.forward("det").reshape(-1, 7)
+    theirs = theirs[theirs[:, 2] > 0]
+    ours = net.blobs["det"].data.reshape(-1, 7)
+    assert len(ours) > 20 and set(ours[:, 0]) == {0, 1}
+    assert bg not in set(ours[:, 1])
+    assert_same_rows(ours, theirs, "det")
