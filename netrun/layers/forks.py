@@ -156,6 +156,9 @@ class Upsample(Layer):
     exact_tops = 1
     in_place_ok = False
 
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0          # the mask (indices) takes no gradient
+
     def setup(self, bottom, top):
         p = self.param.upsample_param
         if p.HasField("upsample_h") and p.HasField("upsample_w"):
