@@ -191,7 +191,6 @@ FORK_TYPES = {
     "Interp": ("the DeepLab/PSPNet forks' bilinear resize", ["Deconvolution"]),
     "ReLU6": ("ReLU capped at 6 (Clip with min 0, max 6)", ["Clip", "ReLU"]),
     "Axpy": ("SENet's a * x + y", ["Scale", "Eltwise"]),
-    "DenseImageData": ("SegNet's image and label-map data layer", ["ImageData"]),
     "PSROIPooling": ("an R-FCN fork layer with no BVLC equivalent", []),
     "Reorg": ("a YOLOv2 fork layer with no BVLC equivalent", []),
     "Region": ("a YOLOv2 fork layer with no BVLC equivalent", []),
@@ -292,7 +291,8 @@ class Net:
         raise TypeError("model must be a prototxt path or a caffe_pb2.NetParameter")
 
     # data layers that --input-shape/--input replace by an Input layer
-    DATA_LAYER_TYPES = ("Data", "ImageData", "HDF5Data", "MemoryData", "WindowData")
+    DATA_LAYER_TYPES = ("Data", "ImageData", "HDF5Data", "MemoryData", "WindowData",
+                        "DenseImageData")
 
     def _apply_input_shapes(self, param, input_shapes):
         """Override the declared shapes of Input tops; remember what was declared.

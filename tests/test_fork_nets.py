@@ -83,28 +83,27 @@ def test_segnet_forward_backward():
     assert bn.type == "BN" and np.any(net.params["conv1_1_bn"][0].diff)
 
 
-def test_segnet_inference_net_with_its_data_layer_as_input():
-    # segnet_inference.prototxt reads images with DenseImageData (not implemented): given
-    # as inputs, the rest runs
+def test_segnet_inference_reads_its_dense_image_data(tmp_path):
+    # segnet_inference.prototxt reads an image and its label map with DenseImageData;
+    # here a 32 x 32 pair (its Upsample layers' fixed 360 x 480 sizes cleared: scale 2)
+    Image = pytest.importorskip("PIL.Image", reason="Pillow (the images extra) reads the images")
+    rng = np.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "i.png")
+    Image.fromarray(rng.randint(0, 11, (32, 32), dtype=np.uint8)).save(tmp_path / "l.png")
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'i.png'} {tmp_path / 'l.png'}\n")
     param = read_net(CORPUS / "segnet/segnet_inference.prototxt", quiet).param
-    data = param.layer[0]
-    assert data.type == "DenseImageData"
-    data.type = "Input"
-    data.ClearField("dense_image_data_param")
-    data.input_param.shape.add().dim.extend([1, 3, 32, 32])
-    data.input_param.shape.add().dim.extend([1, 1, 32, 32])
+    assert param.layer[0].type == "DenseImageData"
+    param.layer[0].dense_image_data_param.source = str(tmp_path / "list.txt")
     for lp in param.layer:
-        lp.upsample_param.ClearField("upsample_h")
-        lp.upsample_param.ClearField("upsample_w")
         if lp.type == "Upsample":
-            lp.upsample_param.scale = 2
-    kept = [lp for lp in param.layer if lp.type not in ("Accuracy", "SoftmaxWithLoss")]
-    del param.layer[:]
-    param.layer.extend(kept)
+            lp.upsample_param.ClearField("upsample_h")
+            lp.upsample_param.ClearField("upsample_w")
     net = Net(param, warn=quiet)
     fill_recipe(net)
-    net.blobs["data"].data[...] = image(1, 3, 32, 32)
     net.forward()
+    assert net.blobs["data"].shape == (1, 3, 32, 32) and net.blobs["label"].shape == (1, 1, 32, 32)
+    assert net.blobs["label"].data.max() <= 10
+    assert net.blobs["prob"].shape == (1, 11, 32, 32)
     assert all(np.isfinite(b.data).all() for b in net.blobs.values())
 
 
@@ -166,11 +165,16 @@ def test_fork_nets_read(rel):
     assert len(src.param.layer) > 10
 
 
-@pytest.mark.parametrize("rel", [r for r in FORK_NETS if r != "segnet/segnet_inference.prototxt"])
-def test_summary_and_draw(rel, tmp_path):
+# segnet_inference's data layer reads files: its tops become inputs (--input-shape)
+SEGNET_INPUTS = ["--input-shape", "data=1,3,360,480", "--input-shape", "label=1,1,360,480"]
+
+
+@pytest.mark.parametrize("rel,extra", [
+    (r, SEGNET_INPUTS if r == "segnet/segnet_inference.prototxt" else []) for r in FORK_NETS])
+def test_summary_and_draw(rel, extra, tmp_path):
     runner = CliRunner()
     path = str(CORPUS / rel)
-    res = runner.invoke(main, ["summary", path])
+    res = runner.invoke(main, ["summary", path, *extra])
     assert res.exit_code == 0, res.output
     src = read_net(path, quiet)
     fork_types = {lp.type for lp in src.param.layer} & {
@@ -180,7 +184,7 @@ def test_summary_and_draw(rel, tmp_path):
     for t in fork_types:
         assert t in res.stdout
     dot = tmp_path / "net.dot"
-    res = runner.invoke(main, ["draw", path, str(dot), "-q"])
+    res = runner.invoke(main, ["draw", path, str(dot), "-q", *extra])
     assert res.exit_code == 0, res.output
     text = dot.read_text()
     assert text.startswith("digraph") and all(t in text for t in fork_types)

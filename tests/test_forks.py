@@ -520,3 +520,29 @@ def test_detection_output_corner_size_decoding():
     rows = forward_copies(layer, bottom, top)[0].reshape(-1, 7)
     # prior + v loc (w, h, w, h), w = 0.4, h = 0.2
     assert rows[0] == pytest.approx([0, 1, 0.9, 0.24, 0.18, 0.64, 0.4], abs=1e-6)
+
+
+def test_dense_image_data(tmp_path):
+    Image = pytest.importorskip("PIL.Image", reason="Pillow (the images extra) reads the images")
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    lab = (np.arange(24, dtype=np.uint8) % 5).reshape(4, 6)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(lab).save(tmp_path / "a_l.png")
+    (tmp_path / "list.txt").write_text("a.png a_l.png\n")
+    text = ('name: "d" type: "DenseImageData" top: "data" top: "label" '
+            'transform_param { scale: 0.5 } dense_image_data_param { '
+            f'source: "{tmp_path}/list.txt" root_folder: "{tmp_path}/" batch_size: 2 EXTRA }}')
+
+    layer, bottom, top, _ = build_layer(text.replace("EXTRA", ""), [], ntop=2)
+    data, label = forward_copies(layer, bottom, top)
+    assert data.shape == (2, 3, 4, 6) and label.shape == (2, 1, 4, 6)
+    assert data[1] == pytest.approx(0.5 * rgb[..., ::-1].transpose(2, 0, 1))   # BGR, scaled
+    assert label[0, 0].tolist() == lab.tolist()                                  # as stored
+    layer, bottom, top, _ = build_layer(
+        text.replace("EXTRA", "new_height: 2 new_width: 3 crop_height: 2 crop_width: 2"), [], ntop=2)
+    data, label = forward_copies(layer, bottom, top)
+    assert data.shape == (2, 3, 2, 2) and label.shape == (2, 1, 2, 2)
+    near = lab[::2, ::2]                               # INTER_NEAREST 4x6 -> 2x3
+    assert any(label[0, 0].tolist() == near[:, x:x + 2].tolist() for x in (0, 1))
+    with pytest.raises(LayerError, match="would transform the image"):
+        build_layer(text.replace("EXTRA", "").replace("scale: 0.5", "mirror: true"), [], ntop=2)
