@@ -211,13 +211,13 @@ def upgrade(source, target, quiet):
 
 @click.command("layers")
 @click.option("-q", "--quiet", is_flag=True,
-              help="Accepted as by every command; the list is already just the type names.")
+              help="Only the type names (no fork column).")
 @json_option
 def list_layers(quiet, as_json):
     """List the layer types netrun implements, one a line (--json: a JSON list of the
     names).  A type from a Caffe fork (SSD, SegNet/ENet, ShuffleNet, Faster R-CNN) is
     followed by the fork it comes from; Python layers that netrun has built in are
-    listed after "Python".
+    listed after "Python".  -q: the names only.
 
     \b
     Examples:
@@ -234,7 +234,9 @@ def list_layers(quiet, as_json):
     types = registered_types()
     width = max(len(t) for t in types) + 2
     for t in types:
-        if t in FORK_LAYERS:
+        if quiet:
+            click.echo(t)
+        elif t in FORK_LAYERS:
             click.echo(f"{t:<{width}}fork: {FORK_LAYERS[t]}")
         elif t == "Python" and python_builtins():
             built = ", ".join(f"{m}.{c} (fork: {PYTHON_FORK_LAYERS.get((m, c), '?')})"
