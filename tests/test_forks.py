@@ -546,3 +546,42 @@ def test_dense_image_data(tmp_path):
     assert any(label[0, 0].tolist() == near[:, x:x + 2].tolist() for x in (0, 1))
     with pytest.raises(LayerError, match="would transform the image"):
         build_layer(text.replace("EXTRA", "").replace("scale: 0.5", "mirror: true"), [], ntop=2)
+
+
+def test_segnet_class_weighting():
+    # SegNet/ENet's loss_param: -sum w[l] log p_l / (number of positions)
+    x = rand(1, 3, 2, 2)
+    lab = np.array([0, 2, 2, 1], float).reshape(1, 1, 2, 2)
+    w = [0.5, 2.0, 4.0]
+    text = ('name: "l" type: "SoftmaxWithLoss" loss_param { weight_by_label_freqs: true '
+            'class_weighting: 0.5 class_weighting: 2 class_weighting: 4 }')
+    layer, bottom, top, _ = build_layer(text, [x, lab])
+    (loss,) = forward_copies(layer, bottom, top)
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    terms = [-w[int(l)] * np.log(p[0, int(l)].ravel()[k]) for k, l in enumerate(lab.ravel())]
+    assert float(loss) == pytest.approx(sum(terms) / 4)
+    result = check_layer(layer, [x, lab], ["x", "label"], 1)
+    assert result["status"] == "pass", result
+    with pytest.raises(LayerError, match="2 class_weighting values for 3 classes"):
+        build_layer(text.replace(" class_weighting: 4", ""), [x, lab])
+
+
+def test_bayesian_segnet_dropout_samples_in_test():
+    x = np.ones((1, 1000))
+    text = 'name: "d" type: "Dropout" dropout_param { dropout_ratio: 0.5 %s }'
+    layer, bottom, top, _ = build_layer(text % "sample_weights_test: true", [x])
+    (y,) = forward_copies(layer, bottom, top)
+    assert set(np.unique(y)) == {0.0, 2.0} and 400 < (y == 0).sum() < 600
+    layer, bottom, top, _ = build_layer(text % "", [x])
+    assert forward_copies(layer, bottom, top)[0].tolist() == x.tolist()     # BVLC: identity
+
+
+@pytest.mark.parametrize("message,name,number", [
+    ("LossParameter", "class_weighting", 4), ("LossParameter", "weight_by_label_freqs", 5003),
+    ("LossParameter", "normalization", 3),          # BVLC's; SegNet/ENet had their bool here
+    ("DropoutParameter", "scale_train", 2),         # Faster R-CNN's ...
+    ("DropoutParameter", "sample_weights_test", 5002),   # ... SegNet/ENet's 2 moves
+])
+def test_fork_fields_in_bvlc_messages(message, name, number):
+    from netrun.proto import caffe_pb2
+    assert getattr(caffe_pb2, message).DESCRIPTOR.fields_by_name[name].number == number
