@@ -585,3 +585,23 @@ def test_bayesian_segnet_dropout_samples_in_test():
 def test_fork_fields_in_bvlc_messages(message, name, number):
     from netrun.proto import caffe_pb2
     assert getattr(caffe_pb2, message).DESCRIPTOR.fields_by_name[name].number == number
+
+
+@pytest.mark.parametrize("text", [BN_INF, BN_LEARN,
+                                  'name: "n" type: "Normalize" norm_param { channel_shared: false }'])
+def test_in_place_gives_the_same_gradients(text):
+    x = rand(2, 3, 2, 2)
+    dy = rand(2, 3, 2, 2, seed=5)
+    grads = []
+    for in_place in (False, True):
+        layer, bottom, top, _ = build_layer(text, [x], in_place=in_place,
+                                            init_params=_bn_params if "BN" in text else None)
+        layer.forward(bottom, top)
+        y = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        grads.append((y, bottom[0].diff.copy(), [b.diff.copy() for b in layer.blobs]))
+    (y0, d0, p0), (y1, d1, p1) = grads
+    assert y1 == pytest.approx(y0) and d1 == pytest.approx(d0)
+    for a, b in zip(p0, p1):
+        assert b == pytest.approx(a)

@@ -61,11 +61,12 @@ class Normalize(Layer):
         x64 = x.astype(F64)
         r = np.sqrt((x64 * x64).sum(axis=self._axes(x), keepdims=True) + self.eps)
         self._r = r
+        self._x = x64 if top[0] is bottom[0] else None     # in place: backward needs x
         top[0].data.reshape(x.shape)[...] = (x64 / r * self._scale(x)).astype(self.dtype)
 
     def backward(self, top, propagate_down, bottom):
         x = bottom[0].data
-        x = x.reshape(x.shape[:2] + (-1,)).astype(F64)
+        x = x.reshape(x.shape[:2] + (-1,)).astype(F64) if self._x is None else self._x
         dy = top[0].diff.reshape(x.shape).astype(F64)
         r = self._r
         xn = x / r

@@ -100,6 +100,8 @@ class BN(Layer):
         x = bottom[0].data
         s, b = self._sb()
         if not self.learn:
+            # backward needs x for the scale's gradient: keep it when running in place
+            self._x = x.copy() if top[0] is bottom[0] else None
             top[0].data[...] = x * s + b
             return
         x64 = x.astype(F64)
@@ -119,7 +121,10 @@ class BN(Layer):
         x = bottom[0].data
         s, _ = self._sb()
         ppd = self.param_propagate_down
-        xh = self._xh if self.learn else x
+        if self.learn:
+            xh = self._xh
+        else:
+            xh = x if getattr(self, "_x", None) is None else self._x
         if ppd[0]:
             self.blobs[0].diff += (dy * xh).astype(F64).sum(axis=(0, 2, 3)).reshape(1, -1, 1, 1)
         if ppd[1]:
