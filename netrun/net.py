@@ -37,7 +37,8 @@ import numpy as np
 
 from .blob import Blob
 from .errors import LayerError, NetrunError
-from .layers import Context, Layer, layer_class, registered_types
+from .layers import Context, Layer, layer_class_for, registered_types
+from .layers.forks import FORK_LAYERS
 from .layers._tiles import channel_tiles
 from .layers.vision import release_scratch
 from .proto import caffe_pb2
@@ -185,28 +186,13 @@ def invalid_parameters(e):
     return NetrunError(f"invalid parameters ({type(e).__name__}: {e})")
 
 
-# Well-known layer types of Caffe forks: what they are, and the BVLC types that come
-# closest (spelling-based suggestions mean nothing for these names).
+# Well-known layer types of Caffe forks that netrun does not implement: what they are,
+# and the BVLC types that come closest (spelling-based suggestions mean nothing for
+# these names).  The forks' layers netrun has: netrun/layers/forks.py (FORK_LAYERS).
 FORK_TYPES = {
-    "BN": ("the SegNet/ENet forks' batch normalization with built-in scale and shift",
-           ["BatchNorm", "Scale"]),
-    "Upsample": ("the SegNet/YOLOv3 forks' unpooling/upsampling (a Deconvolution with "
-                 "fixed weights upsamples)", ["Deconvolution"]),
     "Interp": ("the DeepLab/PSPNet forks' bilinear resize", ["Deconvolution"]),
-    "ShuffleChannel": ("ShuffleNet's channel shuffle (a 1x1 Convolution with fixed "
-                       "permutation weights does it)", ["Convolution"]),
-    "ConvolutionDepthwise": ("a depthwise convolution (Convolution with group = channels)",
-                             ["Convolution"]),
-    "DepthwiseConvolution": ("a depthwise convolution (Convolution with group = channels)",
-                             ["Convolution"]),
     "ReLU6": ("ReLU capped at 6 (Clip with min 0, max 6)", ["Clip", "ReLU"]),
     "Axpy": ("SENet's a * x + y", ["Scale", "Eltwise"]),
-    "DenseImageData": ("SegNet's image and label-map data layer", ["ImageData"]),
-    "PriorBox": ("an SSD fork layer with no BVLC equivalent", []),
-    "DetectionOutput": ("an SSD fork layer with no BVLC equivalent", []),
-    "Permute": ("the SSD fork's axis transpose, no BVLC equivalent", []),
-    "Normalize": ("the SSD fork's L2 normalization across channels, no BVLC equivalent", []),
-    "ROIPooling": ("a Faster R-CNN fork layer with no BVLC equivalent", []),
     "PSROIPooling": ("an R-FCN fork layer with no BVLC equivalent", []),
     "Reorg": ("a YOLOv2 fork layer with no BVLC equivalent", []),
     "Region": ("a YOLOv2 fork layer with no BVLC equivalent", []),
@@ -220,6 +206,10 @@ def unknown_type_message(type_name):
     if type_name in FORK_TYPES:
         what, close = FORK_TYPES[type_name]
         what = f": {what}"
+        if type_name in FORK_LAYERS:
+            what += f", from the {FORK_LAYERS[type_name]} fork"
+    elif type_name in FORK_LAYERS:
+        what, close = f": a layer of the {FORK_LAYERS[type_name]} fork that netrun lacks", []
     else:
         what = ""
         close = difflib.get_close_matches(type_name, known, n=3, cutoff=0.5)
@@ -303,7 +293,8 @@ class Net:
         raise TypeError("model must be a prototxt path or a caffe_pb2.NetParameter")
 
     # data layers that --input-shape/--input replace by an Input layer
-    DATA_LAYER_TYPES = ("Data", "ImageData", "HDF5Data", "MemoryData", "WindowData")
+    DATA_LAYER_TYPES = ("Data", "ImageData", "HDF5Data", "MemoryData", "WindowData",
+                        "DenseImageData")
 
     def _apply_input_shapes(self, param, input_shapes):
         """Override the declared shapes of Input tops; remember what was declared.
@@ -404,7 +395,7 @@ class Net:
             if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
                 raise NetrunError("propagate_down must be given 0 times or once per bottom "
                                   f"({len(lp.propagate_down)} given, {len(lp.bottom)} bottoms)", loc)
-            cls = layer_class(lp.type)
+            cls = layer_class_for(lp)
             if cls is None:
                 raise NetrunError(unknown_type_message(lp.type), loc)
             if not lp.HasField("phase"):

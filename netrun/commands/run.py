@@ -211,19 +211,36 @@ def upgrade(source, target, quiet):
 
 @click.command("layers")
 @click.option("-q", "--quiet", is_flag=True,
-              help="Accepted as by every command; the list is already just the type names.")
+              help="Only the type names (no fork column).")
 @json_option
 def list_layers(quiet, as_json):
-    """List the layer types netrun implements, one a line (--json: a JSON list).
+    """List the layer types netrun implements, one a line (--json: a JSON list of the
+    names).  A type from a Caffe fork (SSD, SegNet/ENet, ShuffleNet, Faster R-CNN) is
+    followed by the fork it comes from; Python layers that netrun has built in are
+    listed after "Python".  -q: the names only.
 
     \b
     Examples:
       netrun layers
       netrun layers | grep -i loss
+      netrun layers | grep fork
     """
     from ..layers import registered_types
+    from ..layers.base import python_builtins
+    from ..layers.forks import FORK_LAYERS, PYTHON_FORK_LAYERS
     if as_json:
         print_json(registered_types())
         return
-    for t in registered_types():
-        click.echo(t)
+    types = registered_types()
+    width = max(len(t) for t in types) + 2
+    for t in types:
+        if quiet:
+            click.echo(t)
+        elif t in FORK_LAYERS:
+            click.echo(f"{t:<{width}}fork: {FORK_LAYERS[t]}")
+        elif t == "Python" and python_builtins():
+            built = ", ".join(f"{m}.{c} (fork: {PYTHON_FORK_LAYERS.get((m, c), '?')})"
+                              for m, c in sorted(python_builtins()))
+            click.echo(f"{t:<{width}}built in, no --allow-python-layers needed: {built}")
+        else:
+            click.echo(t)

@@ -24,6 +24,10 @@ def read_weights(path, warn=None, limit=None):
     param = read_binary(path, caffe_pb2.NetParameter(), limit=limit)
     if not len(param.layer) and not len(param.layers):
         raise NetrunError("holds no layers: not a .caffemodel", os.fspath(path))
+    from . import forks
+    if forks.needs_resolving(param):            # a SegNet/ENet file: see io/forks.py
+        with open(path, "rb") as f:
+            forks.resolve(param, f.read())
     return upgrade_if_needed(param, warn, os.fspath(path))
 
 

@@ -43,6 +43,36 @@ def layer_class(type_name):
     return _REGISTRY.get(type_name)
 
 
+# Python layers that netrun has built in: (python_param.module, python_param.layer) -> class
+_PYTHON_BUILTINS = {}
+
+
+def register_python(module, layer):
+    """Class decorator: run a well-known pycaffe layer (e.g. py-faster-rcnn's
+    ``rpn.proposal_layer.ProposalLayer``) with netrun's own implementation, with no
+    user code (so without ``allow_python_layers``)."""
+    def deco(cls):
+        _PYTHON_BUILTINS[(module, layer)] = cls
+        cls.type = "Python"
+        return cls
+    return deco
+
+
+def python_builtins():
+    return dict(_PYTHON_BUILTINS)
+
+
+def layer_class_for(param):
+    """The class that runs LayerParameter ``param``: a built-in for a well-known Python
+    layer, else the class registered for its type (None if there is none)."""
+    if param.type == "Python":
+        pp = param.python_param
+        cls = _PYTHON_BUILTINS.get((pp.module, pp.layer))
+        if cls is not None:
+            return cls
+    return _REGISTRY.get(param.type)
+
+
 class Context:
     """What a layer may need from the net: phase, dtype, random numbers, warnings."""
 
@@ -60,6 +90,13 @@ class Context:
     def warn(self, message):
         if self._warn is not None:
             self._warn(message)
+
+    def warn_once(self, key, message):
+        """warn(message) the first time ``key`` is seen by this context (one net)."""
+        seen = self.__dict__.setdefault("_warned_keys", set())
+        if key not in seen:
+            seen.add(key)
+            self.warn(message)
 
 
 class Layer:

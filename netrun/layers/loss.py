@@ -93,6 +93,9 @@ class SoftmaxWithLoss(LossLayer):
     Normalizer (loss_param.normalization): FULL = all positions, VALID = the
     non-ignored ones (default), BATCH_SIZE = outer count, NONE = 1; at least 1.
     An optional second top receives p.
+    SegNet/ENet forks: with loss_param.weight_by_label_freqs each position's term and
+    gradient are multiplied by class_weighting[l] (one value per class); the normalizer
+    is unchanged (the count of positions, not of weights), as in the forks.
     """
     max_tops = 2
     min_tops = 1
@@ -102,9 +105,17 @@ class SoftmaxWithLoss(LossLayer):
         lp = self.param.loss_param
         self.ignore = int(lp.ignore_label) if lp.HasField("ignore_label") else None
         self.mode = self.normalization()
+        # SegNet/ENet forks: each position's term (and gradient) times class_weighting[l]
+        self.class_weights = None
+        if getattr(lp, "weight_by_label_freqs", False):
+            self.class_weights = np.asarray(lp.class_weighting, self.dtype)
 
     def reshape(self, bottom, top):
         self.label_axis(bottom, self.param.softmax_param.axis, "softmax")
+        if self.class_weights is not None:
+            c = bottom[0].shape[self.axis]
+            check(self.class_weights.size == c, f"loss_param has {self.class_weights.size} "
+                                                f"class_weighting values for {c} classes")
         top[0].reshape(())
         if len(top) > 1:
             top[1].reshape_like(bottom[0])
@@ -127,6 +138,8 @@ class SoftmaxWithLoss(LossLayer):
         safe = np.where(valid, lab, 0)
         pl = np.take_along_axis(p, safe[:, None, :], axis=1)[:, 0, :]
         logs = -np.log(np.maximum(pl, FLT_MIN))
+        if self.class_weights is not None:
+            logs = logs * self.class_weights[safe]
         self.valid_count = int(valid.sum())
         loss = np.sum(logs[valid], dtype=self.dtype)
         norm = self.normalizer(self.mode, self.outer, self.inner,
@@ -147,6 +160,8 @@ class SoftmaxWithLoss(LossLayer):
         o_idx, i_idx = np.nonzero(valid)
         g[o_idx, safe[o_idx, i_idx], i_idx] -= 1
         g *= valid[:, None, :]
+        if self.class_weights is not None:
+            g *= self.class_weights[safe][:, None, :]
         norm = self.normalizer(self.mode, self.outer, self.inner,
                                self.valid_count if self.ignore is not None else -1)
         g *= self.dtype.type(top[0].diff.reshape(-1)[0] / norm)

@@ -532,6 +532,8 @@ class Dropout(NeuronLayer):
     TEST:  y = x;              dE/dx = dE/dy
     With ``scale_train: false`` (a field of some Caffe forks; read when the schema
     has it) TRAIN does not scale (y = x * m) and TEST multiplies by p instead.
+    With ``sample_weights_test: true`` (SegNet/ENet forks, Bayesian SegNet) TEST runs
+    as TRAIN: a fresh mask at every forward.
     """
 
     def setup(self, bottom, top):
@@ -543,6 +545,9 @@ class Dropout(NeuronLayer):
         self.scale_train = True
         if "scale_train" in p.DESCRIPTOR.fields_by_name:
             self.scale_train = bool(getattr(p, "scale_train"))
+        # SegNet/ENet's sample_weights_test: TEST drops out as TRAIN does (Monte Carlo)
+        self.train = self.phase == caffe_pb2.TRAIN or bool(getattr(p, "sample_weights_test",
+                                                                   False))
         t = self.dtype.type
         self.keep = 1.0 - self.ratio
         self.scale = t(1.0) / (t(1.0) - t(self.ratio)) if self.ratio < 1 else t(np.inf)
@@ -550,7 +555,7 @@ class Dropout(NeuronLayer):
 
     def forward(self, bottom, top):
         x = bottom[0].data
-        if self.phase == caffe_pb2.TRAIN:
+        if self.train:
             self._mask = self.ctx.rng.random(x.shape) < self.keep
             if self.scale_train:
                 top[0].data[...] = np.where(self._mask, x * self.scale, 0)
@@ -566,7 +571,7 @@ class Dropout(NeuronLayer):
         if not propagate_down[0]:
             return
         dy = top[0].diff
-        if self.phase == caffe_pb2.TRAIN:
+        if self.train:
             if self.scale_train:
                 bottom[0].diff[...] = np.where(self._mask, dy * self.scale, 0)
             else:

@@ -71,7 +71,7 @@ def key_params(layer):
     """A short line with the parameters that matter most for ``layer``."""
     lp, t = layer.param, layer.type
     parts = []
-    if t in ("Convolution", "Deconvolution"):
+    if t in ("Convolution", "Deconvolution", "ConvolutionDepthwise", "DepthwiseConvolution"):
         cp = lp.convolution_param
         parts.append(f"out {cp.num_output}")
         if layer.blobs and layer.blobs[0].num_axes > 2:

@@ -47,7 +47,7 @@ def layer_macs(layer, bottom_shapes, top_shapes):
     lp = layer.param
     w = layer.blobs[0].shape if layer.blobs else None
     top0 = _prod(top_shapes[0]) if top_shapes else 0
-    if t == "Convolution" and w is not None:
+    if t in ("Convolution", "ConvolutionDepthwise", "DepthwiseConvolution") and w is not None:
         return top0 * _prod(w[1:])
     if t == "Deconvolution" and w is not None:
         return _prod(bottom_shapes[0]) * _prod(w[1:])
