@@ -168,7 +168,7 @@ def _plan(net, outputs, warn):
         outputs = []
         for name in net.outputs:
             li = _producer(net, name)
-            if li is not None and (net.layers[li].is_loss or types[li] in NOT_EXPORTABLE):
+            if li is not None and (net.layers[li].is_loss or types[li] == "Accuracy"):
                 warn(f'layer "{net.layers[li].name}" ({types[li]}) is not exported '
                      f'(not a forward output): "{name}" is left out of the ONNX outputs')
                 continue
@@ -176,8 +176,13 @@ def _plan(net, outputs, warn):
                 continue
             outputs.append(name)
         if not outputs:
-            raise NetrunError("nothing to export: every output of the net comes from a loss "
-                              "or a layer that ONNX cannot express")
+            outputs = _loss_inputs(net)
+            if outputs:
+                warn("every output of the net is a loss or a metric: exporting what they "
+                     f"read instead ({', '.join(outputs)})")
+        if not outputs:
+            raise NetrunError("nothing to export: every output of the net is a loss of its "
+                              "inputs")
     else:
         outputs = list(outputs)
         for name in outputs:
@@ -196,6 +201,23 @@ def _plan(net, outputs, warn):
                  "to an exported output")
     inputs = [n for n in net.inputs if n in needed]
     return keep, outputs, inputs
+
+
+def _loss_inputs(net):
+    """The blobs the net's losses and metrics read that are not net inputs (through the
+    Split layers netrun inserts): the deploy part of a training net."""
+    found = []
+    for li, layer in enumerate(net.layers):
+        if not (layer.is_loss or layer.type == "Accuracy"):
+            continue
+        for b in net.bottom_ids[li]:
+            src = _producer(net, b)
+            while src is not None and net.layers[src].type == "Split" and "_split_" in b:
+                b = net.bottom_ids[src][0]
+                src = _producer(net, b)
+            if b not in net.inputs and b not in found:
+                found.append(b)
+    return found
 
 
 def _producer(net, blob):
@@ -287,20 +309,24 @@ def export(net, outputs=None, dynamic_batch=True, all_versions=False, warn=None)
         if tensor in inputs:            # an input given straight back: ONNX needs a node
             tensor = g.node("Identity", [tensor], out=f"{name}:out")
         out_names[name] = tensor
-        out_infos.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+        out_infos.append(_value_info(onnx, tensor, net.blobs[name].shape))
     if all_versions:
         listed = set(out_names.values())
         for key, tensor in versions.items():
             if tensor not in listed and tensor not in inputs:
                 listed.add(tensor)
-                out_infos.append(onnx.helper.make_tensor_value_info(
-                    tensor, onnx.TensorProto.FLOAT, None))
+                out_infos.append(_value_info(onnx, tensor, net.blobs[net.top_ids[key[0]][key[1]]].shape))
     graph = onnx.helper.make_graph(g.nodes, net.name or "netrun", graph_inputs, out_infos,
                                    initializer=g.inits)
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
                                    producer_name="netrun")
     model.ir_version = min(model.ir_version, 8)
     return Export(model, {b: current[b] for b in current}, versions, inputs, out_names)
+
+
+def _value_info(onnx, name, shape):
+    """A float tensor of known rank (the sizes are left to ONNX's shape inference)."""
+    return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [None] * len(shape))
 
 
 def to_onnx(net, path=None, outputs=None, dynamic_batch=True, warn=None):
