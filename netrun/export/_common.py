@@ -8,7 +8,8 @@ when it is kept, so the batch stays dynamic), Eltwise (SUM with coefficients, PR
 MAX), Crop (Slice at the offsets, axis on), ArgMax (top_k, out_max_val, axis; ties
 to the larger index as Caffe's partial_sort: TopK over the reversed axis),
 Reduction (SUM, ASUM, SUMSQ, MEAN over axis.., times coeff), Tile, Embed (Gather),
-DummyData (constant fillers only) and Parameter (constants).
+DummyData (constant fillers only), Parameter (constants), BatchReindex (Gather) and
+Filter (Compress: the top's first axis is the number selected).
 """
 import numpy as np
 
@@ -208,3 +209,19 @@ def dummy_data(ctx):
 @converter("Parameter")
 def parameter(ctx):
     ctx.g.node("Identity", [ctx.g.const(ctx.param(0), ctx.name)], out=ctx.out)
+
+
+@converter("BatchReindex")
+def batch_reindex(ctx):
+    g = ctx.g
+    g.node("Gather", [ctx.x, g.node("Cast", [ctx.bottoms[1]], to=7)], out=ctx.out, axis=0)
+
+
+@converter("Filter")
+def filter_(ctx):
+    """Items whose selector (the last bottom) is non-zero: Compress along axis 0."""
+    g = ctx.g
+    sel = g.node("Reshape", [ctx.bottoms[-1], g.ints([-1])])
+    keep = g.node("Not", [g.node("Equal", [sel, g.const(F(0))])])
+    for x, out in zip(ctx.bottoms[:-1], ctx.outs):
+        g.node("Compress", [x, keep], out=out, axis=0)

@@ -7,8 +7,8 @@
   padding counts: AveragePool count_include_pad=1), then y = x (1 + alpha P)^-beta
   (shift 1: Caffe ignores k in this region).
 * BatchNorm with global statistics: s = blob2[0], f = 0 if s == 0 else 1/s,
-  mean = f blob0, var = f blob1, y = (x - mean) / sqrt(var + eps), the constants
-  computed in float32 in Caffe's order.  With batch statistics (use_global_stats
+  mean = f blob0, var = f blob1, y = (x - mean) / sqrt(var + eps): ONNX
+  BatchNormalization with scale 1, bias 0 and those mean/var (float32, Caffe's order).  With batch statistics (use_global_stats
   false): the biased mean/variance over every axis but 1 (ReduceMean).
 * Scale / Bias: the operand (blob or bottom[1]) covers bottom[0]'s axes
   axis .. axis + num_axes; it is reshaped to broadcast (trailing 1s).
@@ -51,7 +51,18 @@ def batchnorm(ctx):
         f = F(0) if s == 0 else F(F(1) / s)
         mean = ctx.param(0) * f
         std = np.sqrt(ctx.param(1) * f + eps).astype(F)
-        axis = 0 if rank == 1 else 1
+        if rank >= 2:
+            # ONNX BatchNormalization is this formula (scale 1, bias 0), and ONNX
+            # Runtime folds it into a Convolution before it
+            c = mean.shape[0]
+            g.node("BatchNormalization",
+                   [ctx.x, g.const(np.ones(c, F), ctx.name + "/one"),
+                    g.const(np.zeros(c, F), ctx.name + "/zero"),
+                    g.const(mean, ctx.name + "/mean"),
+                    g.const((ctx.param(1) * f).astype(F), ctx.name + "/var")],
+                   out=ctx.out, epsilon=float(eps))
+            return
+        axis = 0
         centred = g.node("Sub", [ctx.x, ctx.channel_const(mean, rank, axis, ctx.name + "/mean")])
         g.node("Div", [centred, ctx.channel_const(std, rank, axis, ctx.name + "/std")],
                out=ctx.out)

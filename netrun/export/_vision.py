@@ -14,6 +14,7 @@
   pooled with the full window as divisor (kh*kw) and multiplied by the constant
   kh*kw / caffe_size(oh, ow) where the two differ.  Global pooling -> GlobalMaxPool /
   GlobalAveragePool.  STOCHASTIC (TEST): sum(x^2)/sum(x) per window.
+* SPP: one such pooling per pyramid level, flattened and concatenated.
 """
 import numpy as np
 
@@ -54,23 +55,55 @@ def _conv(ctx, op):
         ctx.g.node(op, [x] + ins, out=out, **attrs)
 
 
-def _pool_plan(ctx, kernel):
-    """(kernel, stride, pad_begin, pad_end, geometry) making ONNX's floor size Caffe's."""
-    layer = ctx.layer
-    N, C, H, W = ctx.bshapes[0]
-    geo = PoolGeometry(H, W, kernel, layer.stride, layer.pad, layer.ceil)
-    kh, kw = kernel
-    sh, sw = layer.stride
-    ph, pw = layer.pad
-    oh, ow = geo.oh, geo.ow
-    eh = max(0, (oh - 1) * sh + kh - H - ph)
-    ew = max(0, (ow - 1) * sw + kw - W - pw)
+def _pool_plan(ctx, H, W, kernel, stride, pad, ceil):
+    """(pad_end, geometry): the end pads making ONNX's floor size Caffe's size."""
+    geo = PoolGeometry(H, W, kernel, stride, pad, ceil)
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    eh = max(0, (geo.oh - 1) * sh + kh - H - ph)
+    ew = max(0, (geo.ow - 1) * sw + kw - W - pw)
     if eh >= kh or ew >= kw:
-        ctx.fail(f"pooling window {kernel} stride {layer.stride}: Caffe's last window "
-                 "lies wholly outside the input, which ONNX pooling cannot express")
-    for n, k, s, p, e, o in ((H, kh, sh, ph, eh, oh), (W, kw, sw, pw, ew, ow)):
+        ctx.fail(f"pooling window {kernel} stride {stride}: Caffe's last window lies wholly "
+                 "outside the input, which ONNX pooling cannot express")
+    for n, k, s, p, e, o in ((H, kh, sh, ph, eh, geo.oh), (W, kw, sw, pw, ew, geo.ow)):
         assert (n + p + e - k) // s + 1 == o, "pooling size plan"
-    return (kh, kw), (sh, sw), (ph, pw), (eh, ew), geo
+    return (eh, ew), geo
+
+
+def pool(ctx, x, method, kernel, stride, pad, ceil=True, outs=None):
+    """Caffe's 2-D pooling of x (shape ctx.bshapes[0]) as ONNX nodes; returns the
+    output name (outs: the names to give the output and, for MAX, the mask)."""
+    g = ctx.g
+    H, W = ctx.bshapes[0][2:]
+    e, geo = _pool_plan(ctx, H, W, kernel, stride, pad, ceil)
+    p = pad
+    out = outs[0] if outs else None
+    if method == MAX:
+        attrs = dict(kernel_shape=list(kernel), strides=list(stride),
+                     pads=[p[0], p[1], e[0], e[1]])
+        if not outs or len(outs) == 1:
+            return g.node("MaxPool", [x], out=out, **attrs)
+        y, idx = g.node("MaxPool", [x], out=[outs[0], g.fresh(ctx.name + "/idx")],
+                        n_out=2, **attrs)
+        plane = g.node("Mod", [idx, g.const(np.int64(H * W), dtype=np.int64)])
+        g.node("Cast", [plane], out=outs[1], to=1)
+        return y
+    padded = x
+    if any(p) or any(e):
+        pads = g.ints([0, 0, p[0], p[1], 0, 0, e[0], e[1]])
+        padded = g.node("Pad", [x, pads, g.const(np.float32(0))], mode="constant")
+    attrs = dict(kernel_shape=list(kernel), strides=list(stride))
+    if method == AVE:
+        avg = g.node("AveragePool", [padded], **attrs)
+        full = kernel[0] * kernel[1]
+        size = geo.pool_size()
+        if np.all(size == full):
+            return g.node("Identity", [avg], out=out)
+        ratio = (np.float32(full) / size.astype(np.float32)).astype(np.float32)
+        return g.node("Mul", [avg, g.const(ratio, ctx.name + "/divisor")], out=out)
+    sq = g.node("Mul", [padded, padded])                   # STOCHASTIC, TEST phase
+    num = g.node("AveragePool", [sq], **attrs)
+    den = g.node("AveragePool", [padded], **attrs)
+    return g.node("Div", [num, den], out=out)
 
 
 @converter("Pooling")
@@ -83,37 +116,26 @@ def pooling(ctx):
         g.node("GlobalMaxPool" if method == MAX else "GlobalAveragePool", [ctx.x],
                out=ctx.out)
         return
-    kernel = tuple(ctx.bshapes[0][2:]) if layer.global_pooling else layer.kernel
-    k, s, p, e, geo = _pool_plan(ctx, kernel)
-    if method == MAX:
-        attrs = dict(kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], e[0], e[1]])
-        if len(ctx.outs) == 1:
-            g.node("MaxPool", [ctx.x], out=ctx.out, **attrs)
-            return
-        y, idx = g.node("MaxPool", [ctx.x], out=[ctx.outs[0], g.fresh(ctx.name + "/idx")],
-                        n_out=2, **attrs)
-        H, W = ctx.bshapes[0][2:]
-        plane = g.node("Mod", [idx, g.const(np.int64(H * W), dtype=np.int64)])
-        g.node("Cast", [plane], out=ctx.outs[1], to=1)
-        return
-    padded = ctx.x
-    if any(p) or any(e):
-        pads = g.ints([0, 0, p[0], p[1], 0, 0, e[0], e[1]])
-        padded = g.node("Pad", [ctx.x, pads, g.const(np.float32(0))], mode="constant")
-    attrs = dict(kernel_shape=list(k), strides=list(s))
-    if method == AVE:
-        avg = g.node("AveragePool", [padded], **attrs)
-        full = k[0] * k[1]
-        size = geo.pool_size()
-        if np.all(size == full):
-            g.node("Identity", [avg], out=ctx.out)
-        else:
-            ratio = (np.float32(full) / size.astype(np.float32)).astype(np.float32)
-            g.node("Mul", [avg, g.const(ratio, ctx.name + "/divisor")], out=ctx.out)
-        return
-    if layer.phase == caffe_pb2.TRAIN:
+    if method == STOCHASTIC and layer.phase == caffe_pb2.TRAIN:
         ctx.fail("STOCHASTIC pooling in the TRAIN phase samples at random")
-    sq = g.node("Mul", [padded, padded])
-    num = g.node("AveragePool", [sq], **attrs)
-    den = g.node("AveragePool", [padded], **attrs)
-    g.node("Div", [num, den], out=ctx.out)
+    kernel = tuple(ctx.bshapes[0][2:]) if layer.global_pooling else layer.kernel
+    pool(ctx, ctx.x, method, kernel, layer.stride, layer.pad, layer.ceil, outs=ctx.outs)
+
+
+@converter("SPP")
+def spp(ctx):
+    """Levels l = 0..height-1: 2^l x 2^l bins, kernel ceil(H / bins) = stride, pad
+    (kernel bins - H + 1) / 2, Caffe's pooling rules; flattened and concatenated."""
+    layer, g = ctx.layer, ctx.g
+    if layer.method == STOCHASTIC:
+        ctx.fail("SPP's STOCHASTIC pooling samples at random (its pooling layers are TRAIN)")
+    parts = []
+    for geo in layer.levels:
+        kernel, pad = (geo.kh, geo.kw), (geo.ph, geo.pw)
+        out = ctx.out if layer.height == 1 else None
+        y = pool(ctx, ctx.x, layer.method, kernel, kernel, pad, True,
+                 outs=[out] if out else None)
+        parts.append(y)
+    if layer.height > 1:
+        flat = [g.node("Flatten", [y], axis=1) for y in parts]
+        g.node("Concat", flat, out=ctx.out, axis=1)
