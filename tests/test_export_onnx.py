@@ -202,7 +202,7 @@ RULES = {
     "stochastic_test": ((1, 2, 6, 6), 'layer { name: "a" type: "AbsVal" bottom: "data" top: "a" } '
                         'layer { name: "p" type: "Pooling" bottom: "a" top: "y" '
                         'pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 } }'),
-    "spp_ave": ((2, 2, 7, 5), 'layer { name: "s" type: "SPP" bottom: "data" top: "y" '
+    "spp_ave": ((2, 2, 9, 10), 'layer { name: "s" type: "SPP" bottom: "data" top: "y" '
                 'spp_param { pyramid_height: 3 pool: AVE } }'),
     "lrn_within_k": ((1, 3, 6, 6), 'layer { name: "n" type: "LRN" bottom: "data" top: "y" '
                      'lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 norm_region: '

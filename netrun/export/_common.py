@@ -32,14 +32,15 @@ def inner_product(ctx):
     layer, g = ctx.layer, ctx.g
     shape = ctx.bshapes[0]
     w = ctx.param(0)
-    wt = w if layer.transpose else np.ascontiguousarray(w.T)        # (K, N)
     if layer.axis == 1:
+        # Caffe's (N, K) weights as Gemm's B with transB (ONNX Runtime's faster form)
         x2 = g.node("Flatten", [ctx.x], axis=1) if len(shape) != 2 else ctx.x
-        ins = [x2, g.const(wt, f"{ctx.name}/w")]
+        ins = [x2, g.const(w, f"{ctx.name}/w")]
         if layer.bias_term:
             ins.append(g.const(ctx.param(1), f"{ctx.name}/b"))
-        g.node("Gemm", ins, out=ctx.out)
+        g.node("Gemm", ins, out=ctx.out, transB=0 if layer.transpose else 1)
         return
+    wt = w if layer.transpose else np.ascontiguousarray(w.T)        # (K, N)
     lead = list(shape[:layer.axis])
     x = ctx.reshape(ctx.x, lead + [layer.K], keep_batch=layer.axis > 0)
     y = g.node("MatMul", [x, g.const(wt, f"{ctx.name}/w")])
