@@ -202,6 +202,10 @@ RULES = {
     "stochastic_test": ((1, 2, 6, 6), 'layer { name: "a" type: "AbsVal" bottom: "data" top: "a" } '
                         'layer { name: "p" type: "Pooling" bottom: "a" top: "y" '
                         'pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 } }'),
+    # first-max ties: the mask top holds the first maximum's in-plane index
+    "max_mask_ties": ((2, 2, 6, 7), 'layer { name: "t" type: "Threshold" bottom: "data" top: "t" } '
+                      'layer { name: "p" type: "Pooling" bottom: "t" top: "y" top: "mask" '
+                      'pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }'),
     "spp_ave": ((2, 2, 9, 10), 'layer { name: "s" type: "SPP" bottom: "data" top: "y" '
                 'spp_param { pyramid_height: 3 pool: AVE } }'),
     "lrn_within_k": ((1, 3, 6, 6), 'layer { name: "n" type: "LRN" bottom: "data" top: "y" '
