@@ -422,3 +422,31 @@ def test_legacy_v1_net_exports(tmp_path):
         pytest.skip(f"{path} does not exist")
     res = cli("export", str(path), "-o", str(tmp_path / "m.onnx"), "--check", "-q")
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+def test_recurrent_restart_static_and_exposed_state(kind, tmp_path):
+    """cont = 0 in mid-sequence restarts an item; a static input; h0/c0 given."""
+    T, N, H = 4, 3, 5
+    states = ["h0", "c0"] if kind == "LSTM" else ["h0"]
+    shapes = {"x": (T, N, 2, 3), "cont": (T, N), "xs": (N, 4), **{s: (1, N, H) for s in states}}
+    text = "\n".join(f'layer {{ name: "{n}" type: "Input" top: "{n}" input_param {{ shape {{ '
+                     + " ".join(f"dim: {d}" for d in s) + " } } }" for n, s in shapes.items())
+    tops = " ".join(f'top: "{t}"' for t in ["y"] + [s.replace("0", "T") for s in states])
+    bottoms = " ".join(f'bottom: "{b}"' for b in ["x", "cont", "xs"] + states)
+    text += (f'\nlayer {{ name: "r" type: "{kind}" {bottoms} {tops} recurrent_param {{ '
+             f'num_output: {H} expose_hidden: true weight_filler {{ type: "uniform" min: -0.5 '
+             'max: 0.5 } bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }\n')
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    net = Net(str(path), phase="test", warn=quiet)
+    rng = np.random.default_rng(3)
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    feeds["cont"] = np.array([[0, 0, 0], [1, 1, 0], [1, 0, 1], [1, 1, 1]], np.float32)
+    ref = {k: np.array(v) for k, v in net.forward(**feeds).items()}
+    got = run_ort(export(net, warn=quiet), feeds)
+    assert sorted(got) == sorted(ref)
+    for k in ref:
+        atol = 1e-5 * max(1.0, float(np.abs(ref[k]).max()))
+        err = np.abs(got[k] - ref[k]) / (atol + 1e-4 * np.abs(ref[k]))
+        assert err.max() <= 1.0, f"{k}: {err.max():.3g}x the layer tolerance"

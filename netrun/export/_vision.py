@@ -15,6 +15,7 @@
   kh*kw / caffe_size(oh, ow) where the two differ.  Global pooling -> GlobalMaxPool /
   GlobalAveragePool.  STOCHASTIC (TEST): sum(x^2)/sum(x) per window.
 * SPP: one such pooling per pyramid level, flattened and concatenated.
+* Im2col: a grouped Conv with one-hot kernels (exact).
 """
 import numpy as np
 
@@ -53,6 +54,22 @@ def _conv(ctx, op):
         ins.append(ctx.g.const(ctx.param(1), f"{ctx.name}/b"))
     for x, out in zip(ctx.bottoms, ctx.outs):
         ctx.g.node(op, [x] + ins, out=out, **attrs)
+
+
+@converter("Im2col")
+def im2col(ctx):
+    """Caffe's im2col rows (c, k_1..k_m) as a grouped Conv with one-hot kernels: group c
+    has one output channel per kernel offset, weight 1 there (exact: x * 1 + 0s)."""
+    layer = ctx.layer
+    if layer.axis != 1:
+        ctx.fail(f"convolution_param.axis {layer.axis}: ONNX convolves from axis 1")
+    geo = layer.geom
+    C, K = layer.C, geo.K
+    eye = np.eye(K, dtype=np.float32).reshape((K, 1) + geo.kernel)
+    w = np.tile(eye, (C,) + (1,) * (eye.ndim - 1))
+    ctx.g.node("Conv", [ctx.x, ctx.g.const(w, ctx.name + "/onehot")], out=ctx.out,
+               kernel_shape=list(geo.kernel), strides=list(geo.stride), pads=list(geo.pad) * 2,
+               dilations=list(geo.dilation), group=C)
 
 
 def _pool_plan(ctx, H, W, kernel, stride, pad, ceil):

@@ -1,7 +1,7 @@
 """Export a :class:`netrun.Net` to ONNX with Caffe's semantics (opset 17).
 
 The deploy graph is walked layer by layer; each layer type has a converter (one
-module per family: ``_neuron``, ``_vision``, ``_common``, ``_norm``) that emits
+module per family: ``_neuron``, ``_vision``, ``_common``, ``_norm``, ``_recurrent``) that emits
 ONNX nodes computing what Caffe computes -- not the nearest ONNX default (Caffe's
 ceil-and-clip pooling sizes, its clipped AVE divisor, LRN's formula, BatchNorm's
 moving-average scale factor...).  Weights become initializers.
@@ -74,7 +74,7 @@ class Graph:
         return name
 
     def const(self, value, base="const", dtype=np.float32):
-        arr = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        arr = np.array(value, dtype=dtype, order="C")          # keeps 0-d scalars 0-d
         name = self.fresh(base)
         self.inits.append(self.onnx.numpy_helper.from_array(arr, name))
         return name
@@ -158,7 +158,7 @@ class Export:
 
 
 def _load_converters():
-    from . import _common, _neuron, _norm, _vision  # noqa: F401  (importing registers them)
+    from . import _common, _neuron, _norm, _recurrent, _vision  # noqa: F401  (registers them)
 
 
 def _plan(net, outputs, warn):
