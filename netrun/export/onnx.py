@@ -164,11 +164,13 @@ def _load_converters():
 def _plan(net, outputs, warn):
     """Which layers to export, the wanted outputs, and the needed inputs."""
     types = [layer.type for layer in net.layers]
+    warned = set()
     if outputs is None:
         outputs = []
         for name in net.outputs:
             li = _producer(net, name)
             if li is not None and (net.layers[li].is_loss or types[li] == "Accuracy"):
+                warned.add(li)
                 warn(f'layer "{net.layers[li].name}" ({types[li]}) is not exported '
                      f'(not a forward output): "{name}" is left out of the ONNX outputs')
                 continue
@@ -195,7 +197,7 @@ def _plan(net, outputs, warn):
             keep[li] = True
             needed.update(net.bottom_ids[li])
     for li, k in enumerate(keep):
-        if not k and (net.layers[li].is_loss or types[li] in NOT_EXPORTABLE
+        if not k and li not in warned and (net.layers[li].is_loss or types[li] in NOT_EXPORTABLE
                       or types[li] not in _CONVERTERS) and types[li] != "Silence":
             warn(f'layer "{net.layers[li].name}" ({types[li]}) dropped: not on the path '
                  "to an exported output")
