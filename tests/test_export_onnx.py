@@ -450,3 +450,11 @@ def test_recurrent_restart_static_and_exposed_state(kind, tmp_path):
         atol = 1e-5 * max(1.0, float(np.abs(ref[k]).max()))
         err = np.abs(got[k] - ref[k]) / (atol + 1e-4 * np.abs(ref[k]))
         assert err.max() <= 1.0, f"{k}: {err.max():.3g}x the layer tolerance"
+
+
+def test_engine_refuses_train_dropout(tmp_path):
+    p = tmp_path / "n.prototxt"
+    p.write_text(_net_text((2, 3), 'layer { name: "d" type: "Dropout" bottom: "data" top: "y" }'))
+    res = cli("forward", str(p), "--phase", "train", "--engine", "onnxruntime")
+    assert res.exit_code == 2 and 'layer "d" (Dropout)' in res.output and "TRAIN" in res.output
+    assert cli("forward", str(p), "--engine", "onnxruntime", "-q").exit_code == 0

@@ -44,9 +44,12 @@ class OrtEngine:
         ort = need_onnxruntime()
         for li, layer in enumerate(net.layers):
             if layer.is_loss or any(net.blob_loss_weights.get(t) for t in net.top_ids[li]):
-                raise NetrunError(f'--engine onnxruntime runs deploy graphs; layer '
-                                  f'"{layer.name}" ({layer.type}) computes a loss: use the '
-                                  "numpy engine", net.where(li))
+                raise NetrunError("--engine onnxruntime runs deploy graphs, and this layer "
+                                  "computes a loss: use the numpy engine", net.where(li))
+            if layer.type == "Dropout" and getattr(layer, "phase", 1) == 0 and layer.ratio:
+                raise NetrunError("--engine onnxruntime runs deploy graphs, and Dropout drops "
+                                  "at random in the TRAIN phase: use --phase test or the numpy "
+                                  "engine", net.where(li))
         self.net = net
         wanted = list(net.outputs) + [b for b in blobs if b not in net.outputs]
         wanted = [b for b in wanted if not b.startswith("(automatic")]
