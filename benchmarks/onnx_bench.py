@@ -4,8 +4,9 @@ Rows: CaffeNet, GoogLeNet, ResNet-50, SqueezeNet 1.1, MobileNet v1 at batch 1 an
 (the conformance cases' deploy prototxts without the final Softmax, weights from the
 conformance recipe: random weights time as trained ones do).  Per row, each engine
 runs in its own process -- one warm-up, then N timed forward passes, the fastest
-kept (Caffe: the average ``caffe time`` prints) -- and the rows are interleaved over several rounds; the table keeps each
-engine's fastest round (the machine is shared: the numbers are noisy).
+kept (Caffe: the average ``caffe time`` prints) -- and the rows are interleaved
+over several rounds; the table keeps each engine's fastest round (the machine is
+shared: the numbers are noisy).
 
 * onnxruntime: netrun's ONNX Runtime engine (netrun.engines.onnxruntime: the net
   exported with Caffe's semantics, CPU provider, threads = cores);

@@ -3,14 +3,16 @@
 * LRN ACROSS_CHANNELS: y = x (k + alpha/n sum_{window of n channels} x^2)^-beta is
   ONNX LRN exactly (same alpha/size convention, window c-(n-1)/2 .. c+(n-1)/2 for
   odd n), but ONNX Runtime's LRN kernel is slow: up to 2048 channels the window
-  sum is a 1x1 Conv of x^2 with the banded (C, C) matrix alpha/n, bias k.  WITHIN_CHANNEL: Caffe's own decomposition -- P = AVE pool of x^2 over
-  n x n with pad (n-1)/2, stride 1, where the divisor is always n^2 (the zero
-  padding counts: AveragePool count_include_pad=1), then y = x (1 + alpha P)^-beta
-  (shift 1: Caffe ignores k in this region).
+  sum is a 1x1 Conv of x^2 with the banded (C, C) matrix alpha/n, bias k.
+  WITHIN_CHANNEL: Caffe's own decomposition -- P = AVE pool of x^2 over n x n with
+  pad (n-1)/2, stride 1, where the divisor is always n^2 (the zero padding counts:
+  AveragePool count_include_pad=1), then y = x (1 + alpha P)^-beta (shift 1: Caffe
+  ignores k in this region).
 * BatchNorm with global statistics: s = blob2[0], f = 0 if s == 0 else 1/s,
   mean = f blob0, var = f blob1, y = (x - mean) / sqrt(var + eps): ONNX
-  BatchNormalization with scale 1, bias 0 and those mean/var (float32, Caffe's order).  With batch statistics (use_global_stats
-  false): the biased mean/variance over every axis but 1 (ReduceMean).
+  BatchNormalization with scale 1, bias 0 and those mean/var (float32, Caffe's
+  order).  With batch statistics (use_global_stats false): the biased mean and
+  variance over every axis but 1 (ReduceMean).
 * Scale / Bias: the operand (blob or bottom[1]) covers bottom[0]'s axes
   axis .. axis + num_axes; it is reshaped to broadcast (trailing 1s).
 * MVN: per (n, c) row (per n across_channels): x - E[x], divided by

@@ -48,10 +48,9 @@ def converter(*types):
 
 def need_onnx():
     try:
-        import onnx  # noqa: F401
+        import onnx
     except ImportError:
         raise NetrunError("ONNX export needs the onnx package: pip install 'netrun[onnx]'") from None
-    import onnx
     return onnx
 
 
@@ -317,7 +316,8 @@ def export(net, outputs=None, dynamic_batch=True, all_versions=False, warn=None)
         for key, tensor in versions.items():
             if tensor not in listed and tensor not in inputs:
                 listed.add(tensor)
-                out_infos.append(_value_info(onnx, tensor, net.blobs[net.top_ids[key[0]][key[1]]].shape))
+                blob = net.top_ids[key[0]][key[1]]
+                out_infos.append(_value_info(onnx, tensor, net.blobs[blob].shape))
     graph = onnx.helper.make_graph(g.nodes, net.name or "netrun", graph_inputs, out_infos,
                                    initializer=g.inits)
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
