@@ -146,7 +146,7 @@ def swish(ctx):
 def dropout(ctx):
     layer = ctx.layer
     if getattr(layer, "phase", caffe_pb2.TEST) == caffe_pb2.TRAIN:
-        ctx.net._warn(f'layer "{ctx.name}" (Dropout): exported as the identity (its TEST '
+        ctx.warn(f'layer "{ctx.name}" (Dropout): exported as the identity (its TEST '
                       "forward); the net was built in the TRAIN phase")
     if not getattr(layer, "scale_train", True):
         ratio = F(ctx.lp.dropout_param.dropout_ratio)

@@ -98,8 +98,9 @@ class Graph:
 class LayerCtx:
     """What a converter sees: the layer, its parameters, tensor names and shapes."""
 
-    def __init__(self, g, net, li, bottoms, outs, dynamic):
+    def __init__(self, g, net, li, bottoms, outs, dynamic, warn=None):
         self.g = g
+        self.warn = warn or (lambda m: None)
         self.net = net
         self.li = li
         self.layer = net.layers[li]
@@ -298,7 +299,7 @@ def export(net, outputs=None, dynamic_batch=True, all_versions=False, warn=None)
                 name = f"{t}#{k}"
             g.used.add(name)
             outs.append(name)
-        ctx = LayerCtx(g, net, li, bottoms, outs, dynamic_batch)
+        ctx = LayerCtx(g, net, li, bottoms, outs, dynamic_batch, warn)
         fn(ctx)
         for j, t in enumerate(tops):
             current[t] = outs[j]
