@@ -9,6 +9,7 @@ import click
 from . import __version__
 from .commands import run as _run
 from .commands.completion import completion_command
+from .commands.export import export_command
 from .commands.extract import extract_command
 from .commands.pycaffe import pycaffe_command
 from .commands.timing import time_command
@@ -51,7 +52,8 @@ def main(ctx, debug):
 
 for _command in (_run.forward, _run.backward, _run.upgrade, _run.list_layers, train_command,
                  test_command, time_command, summary_command, draw_command, gradcheck_command,
-                 compare_command, completion_command, pycaffe_command, extract_command):
+                 compare_command, completion_command, export_command, extract_command,
+                 pycaffe_command):
     main.add_command(_command)
 
 

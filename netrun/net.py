@@ -885,6 +885,12 @@ class Net:
             if id(blob) in live and id(blob) not in loaded:
                 blob.data[...] = fill(filler, blob.shape, self.rng)
 
+    def to_onnx(self, path=None, outputs=None, dynamic_batch=True):
+        """Export the deploy graph to ONNX with Caffe's semantics (netrun.export.onnx);
+        saves to ``path`` when given and returns the ``Export`` (``.model``)."""
+        from .export.onnx import to_onnx
+        return to_onnx(self, path, outputs=outputs, dynamic_batch=dynamic_batch, warn=self._warn)
+
     def save(self, path):
         """Write the parameters as a binary .caffemodel (Caffe's Net::ToProto)."""
         from .io.caffemodel import save_weights

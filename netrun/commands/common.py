@@ -365,6 +365,24 @@ def visible(net, li):
     return net.layers[li].type != "Split"
 
 
+def engine_option(f):
+    """--engine numpy|onnxruntime (forward and time)."""
+    return click.option("--engine", type=click.Choice(["numpy", "onnxruntime"]), default="numpy",
+                        show_default=True,
+                        help="Forward engine: netrun's own, or ONNX Runtime on the net exported "
+                             "with Caffe's semantics (pip install 'netrun[onnx]').")(f)
+
+
+def forward_engine(net, o):
+    """net.forward, or with --engine onnxruntime the ONNX Runtime engine's forward
+    (every blob version fetched when it is printed or saved)."""
+    if o.get("engine", "numpy") != "onnxruntime":
+        return net.forward
+    from ..engines.onnxruntime import OrtEngine
+    every = not o.get("quiet") or o.get("_report") is not None or bool(o.get("save"))
+    return OrtEngine(net, versions=every, blobs=o.get("keep") or ()).forward
+
+
 def run_forward(net, o, inputs):
     """Forward, printing each layer's tops; with ``o["_report"]`` (a dict, for --json)
     fill it instead: ``layers`` (each with ``tops`` statistics), ``outputs``, ``loss``.
@@ -382,7 +400,7 @@ def run_forward(net, o, inputs):
                                         for t in net.top_ids[li]]}
                 report["layers"].append(records[li])
 
-        net.forward(blobs=o.get("keep"), on_layer=record, **inputs)
+        forward_engine(net, o)(blobs=o.get("keep"), on_layer=record, **inputs)
         report["outputs"] = {n: stat_dict(net.blobs[n].data, o["values"]) for n in net.outputs}
         report["loss"] = float(net.loss) if net.blob_loss_weights else None
         return
@@ -398,7 +416,7 @@ def run_forward(net, o, inputs):
                     f"{stats(blob.data)}")
             show_array(o, blob.data)
 
-    net.forward(blobs=o.get("keep"), on_layer=None if o["quiet"] else show, **inputs)
+    forward_engine(net, o)(blobs=o.get("keep"), on_layer=None if o["quiet"] else show, **inputs)
     loss = net.loss
     echo(o)
     for name in net.outputs:

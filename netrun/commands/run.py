@@ -3,7 +3,8 @@ import click
 import numpy as np
 
 from ..errors import NetrunError
-from .common import (build_net, dump_arrays, echo, gather_inputs, json_option, load_arrays,
+from .common import (build_net, dump_arrays, echo, engine_option, gather_inputs, json_option,
+                     load_arrays,
                      load_npy, load_npz, net_options, note, parse_assignments, print_json,
                      print_top_classes, run_forward, save_npz, show_array, stat_dict, stats,
                      visible, fmt_shape)
@@ -28,6 +29,7 @@ def _start_report(o):
 @click.option("--labels", type=click.Path(dir_okay=False), metavar="SYNSET.txt",
               help="Class names, one a line, for the top-5 of Softmax outputs "
                    "(synset_words.txt: the text after the id).")
+@engine_option
 @json_option
 def forward(**o):
     """Run the net forward; print every layer's tops and the outputs.

@@ -5,7 +5,8 @@ import time
 
 import click
 
-from .common import build_net, echo, gather_inputs, json_option, load_arrays, net_options, print_json
+from .common import (build_net, echo, engine_option, gather_inputs, json_option, load_arrays,
+                     net_options, print_json)
 
 
 @click.command("time")
@@ -14,6 +15,7 @@ from .common import build_net, echo, gather_inputs, json_option, load_arrays, ne
               help="Timed iterations (after one warm-up).")
 @click.option("--forward-only", is_flag=True, help="Time the forward pass only.")
 @click.option("--force-backward", is_flag=True, help="As force_backward: true.")
+@engine_option
 @json_option
 def time_command(**o):
     """Benchmark a net: one warm-up, then per-layer forward and backward averages.
@@ -42,6 +44,8 @@ def time_command(**o):
         net.set_force_backward(True)
     for name, arr in gather_inputs(net, o, arrays).items():
         net.set_input(name, arr)
+    if o["engine"] == "onnxruntime":
+        return _time_onnxruntime(net, o)
     n_layers = len(net.layers)
     seed_diffs = {} if net.blob_loss_weights else {
         name: 1.0 for name in net.outputs}
@@ -128,4 +132,33 @@ def time_command(**o):
     click.echo(f"Average Backward pass: {ms(b_all):.3f} ms.")
     echo(o, f"Average Forward-Backward: {ms([f + b for f, b in totals]):.3f} ms.")
     echo(o, f"Total Time: {1e3 * sum(f + b for f, b in totals):.3f} ms.")
+    echo(o, "*** Benchmark ends ***")
+
+
+def _time_onnxruntime(net, o):
+    """--engine onnxruntime: the whole forward pass, timed as one step (ONNX Runtime
+    fuses and reorders the layers, so there is no per-layer time); forward only."""
+    from ..engines.onnxruntime import OrtEngine
+    engine = OrtEngine(net)
+    feeds = engine.feeds()
+    echo(o, "*** Benchmark begins ***")
+    echo(o, f"Testing for {o['iterations']} iterations (ONNX Runtime, forward only).")
+    engine.run(feeds)                             # warm-up
+    times = []
+    for it in range(o["iterations"]):
+        t0 = time.perf_counter()
+        engine.run(feeds)
+        times.append(time.perf_counter() - t0)
+        if not o["as_json"]:
+            echo(o, f"Iteration: {it + 1} forward time: {times[-1] * 1e3:.3f} ms.")
+    avg = 1e3 * sum(times) / len(times)
+    med = 1e3 * statistics.median(times)
+    if o["as_json"]:
+        print_json({"model": o["model"], "iterations": o["iterations"], "forward_only": True,
+                    "engine": "onnxruntime", "layers": [],
+                    "average_forward_ms": avg, "median_forward_ms": med,
+                    "average_backward_ms": None, "total_ms": 1e3 * sum(times)})
+        return
+    echo(o, f"Median Forward pass: {med:.3f} ms.")
+    click.echo(f"Average Forward pass: {avg:.3f} ms.")
     echo(o, "*** Benchmark ends ***")

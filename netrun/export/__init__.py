@@ -1,0 +1,1 @@
+"""Exporters: netrun nets to other formats (ONNX, in ``netrun.export.onnx``)."""
