@@ -429,3 +429,36 @@ def test_npz_zip_version_not_supported(tmp_path):
     raw[i + 6] = 64                                  # "version needed to extract": 6.4
     p.write_bytes(bytes(raw))
     fails("forward", DIGITS, "--inputs", p, needles=["v64.npz", "version 6.4"])
+
+
+# -- the commands of this round: export, extract, pycaffe ----------------------------------------
+def test_pycaffe_load_hdf5_checks_the_declared_shape(tmp_path):
+    """pycaffe's Net.load_hdf5 compares each dataset's declared shape with the parameter
+    before reading it: a tiny file declaring 372 GiB is refused, naming the file."""
+    h5py = pytest.importorskip("h5py")
+    from netrun.pycaffe import Net as CaffeNet
+    net = CaffeNet(str(MLP), 0)                   # pycaffe's TRAIN phase
+    name = next(n for n, blobs in net.params.items() if blobs)
+    h5 = tmp_path / "w.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset(f"data/{name}/0", shape=HUGE_SHAPE, dtype="f4", chunks=(1, 100, 10))
+    with pytest.raises(NetrunError, match=r"w\.h5.*parameter 0 has shape \(100000, 100000, 10\)"):
+        net.load_hdf5(str(h5))
+
+
+def test_export_reads_weights_through_the_checks(tmp_path):
+    """`netrun export` reads the caffemodel with the same checks as every command."""
+    bad = tmp_path / "w.caffemodel"
+    if sparse_file(bad, 1 << 40) is None:         # a 1 TiB file that takes no disk
+        pytest.skip("this file system refuses sparse files")
+    fails("export", DIGITS, "--weights", bad, "-o", tmp_path / "m.onnx", needles=["w.caffemodel"])
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_extract_refuses_a_bomb_image_naming_it(tmp_path, bomb_png1):
+    pytest.importorskip("zarr")
+    data = tmp_path / "images"
+    data.mkdir()
+    (data / "bomb.png").write_bytes(Path(bomb_png1).read_bytes())
+    fails("extract", DIGITS, "--data", data, "--out", tmp_path / "f.zarr",
+          needles=["bomb.png"])

@@ -381,11 +381,11 @@ class Net(_net.Net):
                         if self.param_owned(li, k):       # a shared one may be missing
                             raise NetrunError(f'layer "{name}": parameter {k} is missing', path)
                         continue
-                    arr = np.asarray(group[str(k)])
-                    if arr.size != blob.count:
-                        raise NetrunError(f'layer "{name}": parameter {k} has shape {arr.shape} '
+                    ds = group[str(k)]                    # shape checked before reading
+                    if ds.size != blob.count:
+                        raise NetrunError(f'layer "{name}": parameter {k} has shape {ds.shape} '
                                           f"in the file, the net expects {blob.shape}", path)
-                    blob.data[...] = arr.reshape(blob.shape)
+                    blob.data[...] = np.asarray(ds).reshape(blob.shape)
                     written.add(id(blob))
         return written
 
@@ -495,11 +495,11 @@ class _PycaffeSolver:
                 raise NetrunError(f"holds {len(hist)} history blobs, the {self.param.type} "
                                   f"solver of this net needs {len(self.history)}", path)
             for k in range(len(self.history)):
-                arr = np.asarray(hist[str(k)], self.dtype)
-                if arr.size != self.history[k].size:
-                    raise NetrunError(f"history blob {k} has shape {arr.shape}, the parameter "
+                ds = hist[str(k)]                         # shape checked before reading
+                if ds.size != self.history[k].size:
+                    raise NetrunError(f"history blob {k} has shape {ds.shape}, the parameter "
                                       f"has {self.history[k].shape}", path)
-                self.history[k] = arr.reshape(self.history[k].shape).copy()
+                self.history[k] = np.asarray(ds, self.dtype).reshape(self.history[k].shape).copy()
 
     def share_weights(self, net):
         """Make ``net``'s same-named layers use this solver's train-net weights."""
