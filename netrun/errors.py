@@ -3,6 +3,7 @@
 The CLI prints a :class:`NetrunError` as a single line and exits with code 2;
 any other exception is a bug in netrun and keeps its traceback.
 """
+from contextlib import contextmanager
 
 
 class NetrunError(Exception):
@@ -34,3 +35,19 @@ def check(cond, message):
     """Raise a LayerError with ``message`` unless ``cond`` holds (Caffe's CHECK)."""
     if not cond:
         raise LayerError(message)
+
+
+@contextmanager
+def reading(where):
+    """Turn what opening and reading a file can raise into one-line NetrunErrors naming
+    ``where`` (missing, a directory, out of memory, any other OSError)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise NetrunError("no such file", where) from None
+    except IsADirectoryError:
+        raise NetrunError("is a directory, not a file", where) from None
+    except MemoryError:
+        raise NetrunError("out of memory reading it", where) from None
+    except OSError as e:
+        raise NetrunError(f"cannot read: {e.strerror or e}", where) from None

@@ -8,7 +8,7 @@ import zlib
 import click
 import numpy as np
 
-from ..errors import NetrunError
+from ..errors import NetrunError, reading
 from ..memory import parse_size
 from ..net import Net
 
@@ -177,15 +177,8 @@ def load_npz(path, what, limit=None):
     of the available memory; :func:`netrun.io.limits.check_npz_file`)."""
     from ..io.limits import check_npz_file
     where = f"{path} ({what})"
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except FileNotFoundError:
-        raise NetrunError("no such file", where) from None
-    except IsADirectoryError:
-        raise NetrunError("is a directory, not a file", where) from None
-    except OSError as e:
-        raise NetrunError(f"cannot read: {e.strerror or e}", where) from None
+    with reading(where), open(path, "rb") as f:
+        magic = f.read(6)
     if magic == b"\x93NUMPY":
         raise NetrunError("is a single .npy array, not an .npz archive", path)
     check_npz_file(path, what, limit)

@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import NetrunError
+from ..errors import NetrunError, reading
 
 COEF_BITS = 11
 COEF_SCALE = 1 << COEF_BITS
@@ -290,12 +290,8 @@ _SYNSET = re.compile(r"^n\d{8}\s")
 def read_labels(path):
     """Class names, one a line; ``n01440764 tench, Tinca tinca`` gives ``tench, Tinca tinca``."""
     from .limits import read_lines
-    try:
+    with reading(f"{path} (--labels)"):
         lines = read_lines(path, f"{path} (--labels)")
-    except FileNotFoundError:
-        raise NetrunError("no such file", f"{path} (--labels)") from None
-    except OSError as e:
-        raise NetrunError(f"cannot read: {e.strerror}", f"{path} (--labels)") from None
     while lines and not lines[-1].strip():
         lines.pop()
     return [ln.split(None, 1)[1].strip() if _SYNSET.match(ln) else ln.strip() for ln in lines]

@@ -30,7 +30,7 @@ import zlib
 
 import numpy as np
 
-from ..errors import NetrunError
+from ..errors import NetrunError, reading
 from ..memory import default_limit, human
 
 # used when the available memory cannot be read (no /proc/meminfo, no sysconf)
@@ -154,16 +154,9 @@ def read_npy_header(fp, where):
 def check_npy_file(path, where, limit=None):
     """Check an .npy file's header before np.load reads it: numeric dtype, the data
     present in the file, and the array's bytes within the limit."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            shape, dtype, offset = read_npy_header(f, where)
-    except FileNotFoundError:
-        raise NetrunError("no such file", where) from None
-    except IsADirectoryError:
-        raise NetrunError("is a directory, not a file", where) from None
-    except OSError as e:
-        raise NetrunError(f"cannot read: {e.strerror or e}", where) from None
+    with reading(where), open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        shape, dtype, offset = read_npy_header(f, where)
     nbytes = shape_bytes(shape, dtype.itemsize)
     check_declared(nbytes, describe(shape, dtype), where, limit)
     check_present(nbytes, size - offset, describe(shape, dtype), where)
@@ -204,14 +197,8 @@ def check_npz_file(path, what=None, limit=None):
     tail = f" ({what})" if what else ""
     where = path + tail
     lim = file_limit(limit)
-    try:
+    with reading(where):
         f = open(path, "rb")
-    except FileNotFoundError:
-        raise NetrunError("no such file", where) from None
-    except IsADirectoryError:
-        raise NetrunError("is a directory, not a file", where) from None
-    except OSError as e:
-        raise NetrunError(f"cannot read: {e.strerror or e}", where) from None
     with f:
         counted = zip_entry_count(f)
         if counted is not None:

@@ -9,7 +9,7 @@ import re
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from ..errors import NetrunError
+from ..errors import NetrunError, reading
 from ..proto import caffe_pb2
 
 _ERR_POS = re.compile(r"^\s*(\d+):(\d+)\s*:\s*")
@@ -24,17 +24,10 @@ def read_text(path, limit=None):
     """A prototxt's text; its size (times what parsing it may take) is checked
     against the memory ``limit`` before it is read."""
     from .limits import check_declared
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            check_declared(size * TEXT_PARSE_FACTOR, f"a {size}-byte text file", str(path), limit)
-            raw = f.read()
-    except FileNotFoundError:
-        raise NetrunError("no such file", str(path)) from None
-    except IsADirectoryError:
-        raise NetrunError("is a directory, not a file", str(path)) from None
-    except OSError as e:
-        raise NetrunError(f"cannot read: {e.strerror}", str(path)) from None
+    with reading(str(path)), open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        check_declared(size * TEXT_PARSE_FACTOR, f"a {size}-byte text file", str(path), limit)
+        raw = f.read()
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -199,20 +192,11 @@ def read_binary(path, message, limit=None):
     take 200 times their size), before it is parsed."""
     from .limits import check_declared, file_limit, protobuf_cost
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            check_declared(size * (1 + PROTO_PARSE_FACTOR),
-                           f"a {size}-byte {message.DESCRIPTOR.name} file", path, limit)
-            raw = f.read()
-    except FileNotFoundError:
-        raise NetrunError("no such file", path) from None
-    except IsADirectoryError:
-        raise NetrunError("is a directory, not a file", path) from None
-    except MemoryError:
-        raise NetrunError("out of memory reading it", path) from None
-    except OSError as e:
-        raise NetrunError(f"cannot read: {e.strerror}", path) from None
+    with reading(path), open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        check_declared(size * (1 + PROTO_PARSE_FACTOR),
+                       f"a {size}-byte {message.DESCRIPTOR.name} file", path, limit)
+        raw = f.read()
     lim = file_limit(limit)
     cost = protobuf_cost(raw, message.DESCRIPTOR, stop_above=lim)
     check_declared(len(raw) + cost, f"parsing its {len(raw)} bytes as a {message.DESCRIPTOR.name}",
