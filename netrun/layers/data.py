@@ -318,6 +318,23 @@ def stack_items(items, what):
     return np.stack(items)
 
 
+def start_list(layer, lines, source, shuffle, rand_skip):
+    """Caffe's walk over an image list, set on ``layer``: ``lines``, their ``order``
+    (shuffled at setup when ``shuffle``; the layer shuffles again after every pass) and
+    the position ``pos`` after a random skip of fewer than ``rand_skip`` lines."""
+    check(lines, f'image list "{source}" names no images')
+    layer.lines = lines
+    layer.order = np.arange(len(lines))
+    layer.shuffle = bool(shuffle)
+    if shuffle:
+        layer.ctx.rng.shuffle(layer.order)
+    layer.pos = 0
+    if rand_skip:
+        skip = int(layer.ctx.rng.integers(0, rand_skip))
+        check(len(lines) > skip, f"rand_skip {skip} is not less than the {len(lines)} images")
+        layer.pos = skip
+
+
 def check_batch(n, where):
     check(n > 0, f"{where}.batch_size must be positive (got {n})")
     return int(n)
@@ -490,17 +507,7 @@ class ImageData(Layer):
             except ValueError:
                 raise LayerError(f'{source}:{num}: expected "path label", got "{line}"') from None
             lines.append((p.root_folder + path.strip(), label))
-        check(lines, f'image list "{source}" names no images')
-        self.lines = lines
-        self.order = np.arange(len(lines))
-        if p.shuffle:
-            self.ctx.rng.shuffle(self.order)
-        self.pos = 0
-        if p.rand_skip:
-            skip = int(self.ctx.rng.integers(0, p.rand_skip))
-            check(len(lines) > skip, f"rand_skip {skip} is not less than the {len(lines)} images")
-            self.pos = skip
-        self.shuffle = bool(p.shuffle)
+        start_list(self, lines, source, p.shuffle, p.rand_skip)
         first = self._read(self.order[self.pos])
         top[0].reshape((self.batch_size,) + self.transformer.output_shape(*first.shape))
         top[1].reshape((self.batch_size,))

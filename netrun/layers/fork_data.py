@@ -5,8 +5,8 @@ import numpy as np
 
 from ..errors import LayerError, NetrunError, check
 from .base import Layer, register
-from .data import (DataTransformer, SOURCE_HINT, check_batch, chw, read_list, resolve_path,
-                   stack_items)
+from .data import (DataTransformer, SOURCE_HINT, check_batch, chw, ctx_limit, read_list,
+                   resolve_path, stack_items, start_list)
 
 
 def resize_nearest(img, height, width):
@@ -57,24 +57,14 @@ class DenseImageData(Layer):
                               hint=SOURCE_HINT)
         self.list_dir = os.path.dirname(source)
         lines = []
-        for num, line in enumerate(read_list(source, "image list"), 1):
+        for num, line in enumerate(read_list(source, "image list", ctx_limit(self.ctx)), 1):
             parts = line.split()
             if not parts:
                 continue
             if len(parts) != 2:
                 raise LayerError(f'{source}:{num}: expected "image label_image", got "{line}"')
             lines.append((p.root_folder + parts[0], p.root_folder + parts[1]))
-        check(lines, f'image list "{source}" names no images')
-        self.lines = lines
-        self.order = np.arange(len(lines))
-        self.shuffle = bool(p.shuffle)
-        if self.shuffle:
-            self.ctx.rng.shuffle(self.order)
-        self.pos = 0
-        if p.rand_skip:
-            skip = int(self.ctx.rng.integers(0, p.rand_skip))
-            check(len(lines) > skip, f"rand_skip {skip} is not less than the {len(lines)} images")
-            self.pos = skip
+        start_list(self, lines, source, p.shuffle, p.rand_skip)
         img, lab = self._read(self.order[self.pos], random=False)
         top[0].reshape((self.batch_size,) + img.shape)
         top[1].reshape((self.batch_size,) + lab.shape)
@@ -83,7 +73,7 @@ class DenseImageData(Layer):
         from ..io.images import read_image
         try:
             return read_image(resolve_path(path, self.ctx, "image", (self.list_dir,)),
-                              color=color)
+                              color=color, limit=ctx_limit(self.ctx), input_hw=self.new_hw)
         except NetrunError as e:
             raise LayerError(f"could not load image: {e}") from None
 
