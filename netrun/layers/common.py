@@ -5,7 +5,7 @@ import numpy as np
 
 from ..errors import LayerError, check
 from .base import Layer, canonical_axis, register
-from ._tiles import flat_parts, run_tiles
+from ..kernels.tiles import flat_parts, run_tiles
 
 ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX = 0, 1, 2
 

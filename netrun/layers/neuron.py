@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import LayerError, check
 from ..proto import caffe_pb2
 from .base import Layer, register
-from ._tiles import flat_parts
+from ..kernels.tiles import flat_parts
 
 
 class NeuronLayer(Layer):

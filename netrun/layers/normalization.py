@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..errors import LayerError, check
-from ._tiles import channel_tiles, run_tiles, tile_ranges
+from ..kernels.tiles import channel_tiles, run_tiles, tile_ranges
 from .base import Layer, canonical_axis, register
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
