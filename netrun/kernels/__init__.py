@@ -1,4 +1,19 @@
-"""Kernels: the hot non-GEMM work of the layers (im2col/col2im, pooling, depthwise
-convolution backward, tiles of element-wise work, scratch buffers).
+"""Kernels: the hot non-GEMM work of the layers, one module per kind of work.
 
-One module per kind of work; the layers in netrun/layers call them."""
+    im2col     convolution geometry, im2col / col2im, the GEMM products (BLAS, in
+               Caffe's operand order) and the transposed store of their results
+    depthwise  depthwise convolution backward
+    pooling    MAX / AVE / STOCHASTIC pooling forward and backward
+    lrn        LRN across channels
+    layout     shapes, window ranges, wide grids
+    scratch    reusable per-thread buffers
+    tiles      cache-sized tiles of work on all cores
+    select     the one place that picks numba or numpy (NETRUN_KERNELS)
+
+Each kernel has a numpy twin and a numba twin of the same signature; the layers
+call ``kernels.<name>(...)`` and ``select`` runs the twin of the engine in use
+(``kernels.engine()``, ``with kernels.use("numpy"): ...``).
+"""
+from .select import ENGINES, engine, numba_available, set_engine, use  # noqa: F401
+from .pooling import (ave_pool, ave_pool_backward, max_pool_backward,  # noqa: F401
+                      max_pool_select, select_to_index)

@@ -17,7 +17,8 @@ import numpy as np
 
 from .layout import _plane_tiles, _planes, _pool_axis_range, wide_grid
 from .scratch import scratch
-from .tiles import run_tiles
+from .select import int32, jit, kernel, uint64
+from .tiles import run_tiles, tile_ranges
 
 FLT_MAX = float(np.finfo(np.float32).max)
 FLT_MIN = float(np.finfo(np.float32).tiny)
@@ -143,8 +144,8 @@ def max_pool(x, g, out=None):
         y = np.where(none, neg, m).astype(x.dtype)
         idx = np.where(none, -1, idx)
         return y.reshape(N, C, 1, 1), idx.reshape(N, C, 1, 1).astype(np.int64)
-    y, sel = max_pool_select(x, g, out)
-    return y, select_to_index(sel, g, y.shape)
+    y, sel = max_pool_select_numpy(x, g, out)
+    return y, select_to_index_numpy(sel, g, y.shape)
 
 
 class _WidePlan:
@@ -234,7 +235,7 @@ class _WidePlan:
 def _sel_dtype(g):
     return np.uint8 if g.K < 255 else np.int32
 
-def max_pool_select(x, g, out=None, select=True):
+def max_pool_select_numpy(x, g, out=None, select=True):
     """(y, sel): window maxima and sel = 1 + the row-major window offset k of the
     first maximum (0: no element above -FLT_MAX, or no pixel), uint8 (int32 for
     kernels of more than 254 elements); sel is None when not ``select``, and in
@@ -289,7 +290,7 @@ def _max_pool_tile(x, g, y, sel, wide):
         plan.crop(wgrid, y)
 
 
-def select_to_index(sel, g, shape):
+def select_to_index_numpy(sel, g, shape):
     """In-plane index h*W + w (int64, -1: none, ``shape`` (N, C, oh, ow)) from
     max_pool_select's sel."""
     if sel.ndim == 2:                                  # wide layout
@@ -301,7 +302,7 @@ def select_to_index(sel, g, shape):
     return idx
 
 
-def max_pool_backward(dy, sel, g, dx):
+def max_pool_backward_numpy(dy, sel, g, dx):
     """dx[first maximum of each window] += dy, written into dx (N, C, H, W).
 
     Walking the offsets backwards adds each input's contributions in the raster
@@ -344,7 +345,7 @@ def _max_pool_backward_tile(dy, sel, g, dx, wide, finite):
         plan.unpad(acc, dx)
 
 
-def ave_pool(x, g, out=None):
+def ave_pool_numpy(x, g, out=None):
     """Sum of the real pixels of each window / pool_size (clipped to the padded input)."""
     N, C = x.shape[:2]
     size = g.pool_size().astype(x.dtype)
@@ -381,7 +382,7 @@ def ave_pool(x, g, out=None):
     return acc
 
 
-def ave_pool_backward(dy, g, dx=None):
+def ave_pool_backward_numpy(dy, g, dx=None):
     """dx[every real pixel of a window] += dy / pool_size."""
     N, C = dy.shape[:2]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -470,3 +471,224 @@ def scatter_pool_backward(dy, idx, g):
     else:
         dx = np.bincount(flat, weights=vals, minlength=N * C * HW).astype(dy.dtype)
     return dx.reshape(N, C, g.H, g.W)
+
+
+# =====================================================================================
+# Compiled twins: one pass over each window, as Caffe's loops
+# =====================================================================================
+# MAX keeps the in-plane index h*W + w of the first maximum (int32, -1: none) as its
+# ``sel``, and that element's value (the numpy twin's fmax may return +0.0 where
+# a window's first maximum is -0.0 tied with a later +0.0: the only difference); AVE sums each window's real pixels in row-major order (the numpy twins'
+# order), then divides by the same float pool size.  Backward walks the windows in
+# raster order, so every input adds its contributions in Caffe's order.
+
+def _thread_parts(n, unit_bytes):
+    """[lo, hi) ranges of n planes: one per thread when the work is worth sharing."""
+    return tile_ranges(n, unit_bytes, 1 << 62)
+
+
+# Each plane is first copied into its column phases: xph[h, a, q] = x[h, q s + a - pw]
+# (the padded column q s + a; outside the image: -inf for MAX, which never wins a
+# strict >, 0 for AVE, which adds nothing).  Window column b of output j is then
+# xph[h, b mod s, j + b div s]: every window offset is a contiguous run along an
+# output row.  Those inner loops use unsigned indices (numba then drops its
+# negative-index check and LLVM vectorizes them: 0.3 ns instead of 4 ns an element).
+# Window rows are clipped to the image.
+
+@jit
+def _column_phases(xp, xph, sw, pw, fill):
+    """One plane (H, W) into its column phases (H, s, Wq)."""
+    H, W = xp.shape
+    Wq = xph.shape[2]
+    for h in range(H):
+        xr = xp[h]
+        for a in range(sw):
+            r = xph[h, a]
+            for q in range(Wq):
+                w = q * sw + a - pw
+                r[uint64(q)] = xr[uint64(w)] if 0 <= w < W else fill
+
+
+@jit
+def _max_pool_loops(x, y, idx, lo, hi, kh, kw, sh, sw, ph, pw, neg, want_idx, xph):
+    H, W = x.shape[1], x.shape[2]
+    oh, ow = y.shape[1], y.shape[2]
+    m = np.empty(ow, x.dtype)
+    best = np.empty(ow, np.int32)
+    for p in range(lo, hi):
+        _column_phases(x[p], xph, sw, pw, -np.inf)
+        for i in range(oh):
+            h0 = i * sh - ph
+            h1 = min(h0 + kh, H)
+            h0 = max(h0, 0)
+            m[:] = neg
+            best[:] = -1
+            for h in range(h0, h1):            # row-major window order: the first
+                for b in range(kw):            # maximum is kept (strict >: NaN and
+                    r = xph[h, b % sw]         # ties never replace it)
+                    c = b // sw
+                    if want_idx:
+                        base = h * W + b - pw
+                        for j in range(ow):
+                            u = uint64(j)
+                            v = r[uint64(j + c)]
+                            mj = m[u]
+                            better = v > mj
+                            m[u] = v if better else mj
+                            best[u] = int32(base + j * sw) if better else best[u]
+                    else:
+                        for j in range(ow):
+                            u = uint64(j)
+                            v = r[uint64(j + c)]
+                            mj = m[u]
+                            m[u] = v if v > mj else mj
+            y[p, i, :] = m
+            if want_idx:
+                idx[p, i, :] = best
+
+
+def _phase_buffer(g, dtype):
+    Wq = -(-g.padded_shape()[1] // g.sw)
+    return np.empty((g.H, g.sw, Wq), dtype)
+
+
+def max_pool_select_numba(x, g, out=None, select=True):
+    N, C = x.shape[:2]
+    NC = N * C
+    y = out if out is not None else np.empty((N, C) + g.out_shape, x.dtype)
+    idx = np.empty((N, C) + g.out_shape, np.int32) if select else None
+    if NC == 0:
+        return y, idx
+    x3 = np.ascontiguousarray(x).reshape(NC, g.H, g.W)
+    y3 = y.reshape(NC, g.oh, g.ow)
+    i3 = idx.reshape(NC, g.oh, g.ow) if select else np.empty((1, 1, 1), np.int32)
+    neg = x.dtype.type(-FLT_MAX)
+    run_tiles(lambda lo, hi: _max_pool_loops(x3, y3, i3, lo, hi, g.kh, g.kw, g.sh, g.sw,
+                                             g.ph, g.pw, neg, select,
+                                             _phase_buffer(g, x.dtype)),
+              _thread_parts(NC, x[0, 0].nbytes))
+    return y, idx
+
+
+def select_to_index_numba(sel, g, shape):
+    return sel.astype(np.int64).reshape(shape)
+
+
+@jit
+def _max_pool_backward_loops(dy, idx, dx, lo, hi):
+    HW = dx.shape[1]
+    P = dy.shape[1]
+    for p in range(lo, hi):
+        for q in range(HW):
+            dx[p, q] = 0
+        for q in range(P):                       # windows in raster order
+            k = idx[p, q]
+            if k >= 0:
+                dx[p, k] += dy[p, q]
+
+
+def max_pool_backward_numba(dy, sel, g, dx):
+    N, C = dy.shape[:2]
+    NC = N * C
+    dy2 = np.ascontiguousarray(dy).reshape(NC, -1)
+    dx2 = dx.reshape(NC, g.H * g.W)
+    run_tiles(lambda lo, hi: _max_pool_backward_loops(dy2, sel.reshape(NC, -1), dx2, lo, hi),
+              _thread_parts(NC, dx[0, 0].nbytes if NC else 0))
+    return dx
+
+
+@jit
+def _ave_pool_loops(x, y, size, lo, hi, kh, kw, sh, sw, ph, pw, zero, xph):
+    H = x.shape[1]
+    oh, ow = y.shape[1], y.shape[2]
+    acc = np.empty(ow, x.dtype)
+    for p in range(lo, hi):
+        _column_phases(x[p], xph, sw, pw, zero)
+        for i in range(oh):
+            h0 = i * sh - ph
+            h1 = min(h0 + kh, H)
+            h0 = max(h0, 0)
+            acc[:] = zero
+            for h in range(h0, h1):            # each window in row-major order
+                for b in range(kw):
+                    r = xph[h, b % sw]
+                    c = b // sw
+                    for j in range(ow):
+                        acc[uint64(j)] += r[uint64(j + c)]
+            yr = y[p, i]
+            sr = size[i]
+            for j in range(ow):
+                yr[uint64(j)] = acc[uint64(j)] / sr[uint64(j)]
+
+
+def ave_pool_numba(x, g, out=None):
+    N, C = x.shape[:2]
+    NC = N * C
+    y = out if out is not None else np.empty((N, C) + g.out_shape, x.dtype)
+    if NC == 0:
+        return y
+    size = g.pool_size().astype(x.dtype)
+    x3 = np.ascontiguousarray(x).reshape(NC, g.H, g.W)
+    y3 = y.reshape(NC, g.oh, g.ow)
+    zero = x.dtype.type(0)
+    run_tiles(lambda lo, hi: _ave_pool_loops(x3, y3, size, lo, hi, g.kh, g.kw, g.sh, g.sw,
+                                             g.ph, g.pw, zero, _phase_buffer(g, x.dtype)),
+              _thread_parts(NC, x[0, 0].nbytes))
+    return y
+
+
+@jit
+def _ave_pool_backward_loops(dy, dx, size, lo, hi, kh, kw, sh, sw, ph, pw, dph):
+    H, W = dx.shape[1], dx.shape[2]
+    oh, ow = dy.shape[1], dy.shape[2]
+    Wq = dph.shape[2]
+    share = np.empty(ow, dy.dtype)
+    for p in range(lo, hi):
+        dph[:] = 0
+        for i in range(oh):
+            dyr = dy[p, i]
+            sr = size[i]
+            for j in range(ow):
+                share[uint64(j)] = dyr[uint64(j)] / sr[uint64(j)]
+            h0 = i * sh - ph
+            h1 = min(h0 + kh, H)
+            h0 = max(h0, 0)
+            for h in range(h0, h1):
+                # columns last to first: each input adds its windows in raster order
+                for b in range(kw - 1, -1, -1):
+                    r = dph[h, b % sw]
+                    c = b // sw
+                    for j in range(ow):
+                        r[uint64(j + c)] += share[uint64(j)]
+        for h in range(H):                      # the phases back into the plane
+            dr = dx[p, h]
+            for a in range(sw):
+                r = dph[h, a]
+                for q in range(Wq):
+                    w = q * sw + a - pw
+                    if 0 <= w < W:
+                        dr[uint64(w)] = r[uint64(q)]
+
+
+def ave_pool_backward_numba(dy, g, dx=None):
+    N, C = dy.shape[:2]
+    NC = N * C
+    if dx is None:
+        dx = np.empty((N, C, g.H, g.W), dy.dtype)
+    if NC == 0:
+        return dx
+    size = g.pool_size().astype(dy.dtype)
+    dy3 = np.ascontiguousarray(dy).reshape(NC, g.oh, g.ow)
+    dx3 = dx.reshape(NC, g.H, g.W)
+    run_tiles(lambda lo, hi: _ave_pool_backward_loops(dy3, dx3, size, lo, hi, g.kh, g.kw,
+                                                      g.sh, g.sw, g.ph, g.pw,
+                                                      _phase_buffer(g, dy.dtype)),
+              _thread_parts(NC, dx[0, 0].nbytes))
+    return dx
+
+
+max_pool_select = kernel(max_pool_select_numpy, max_pool_select_numba)
+select_to_index = kernel(select_to_index_numpy, select_to_index_numba)
+max_pool_backward = kernel(max_pool_backward_numpy, max_pool_backward_numba)
+ave_pool = kernel(ave_pool_numpy, ave_pool_numba)
+ave_pool_backward = kernel(ave_pool_backward_numpy, ave_pool_backward_numba)

@@ -60,12 +60,12 @@ of the levels' pooling gradients.
 """
 import numpy as np
 
+from .. import kernels
 from ..errors import LayerError, check
 from ..kernels.im2col import ConvGeometry, per_image
 from ..kernels.layout import _prod
-from ..kernels.pooling import (PoolGeometry, ave_pool, ave_pool_backward, max_pool,
-                               max_pool_backward, max_pool_select, scatter_pool_backward,
-                               select_to_index, stochastic_pool_test, stochastic_pool_train)
+from ..kernels.pooling import (PoolGeometry, max_pool, scatter_pool_backward,
+                               stochastic_pool_test, stochastic_pool_train)
 from ..proto import caffe_pb2
 from .base import Layer, canonical_axis, register
 
@@ -489,16 +489,16 @@ class Pooling(Layer):
             else:
                 # the argmax is only needed by a backward pass or the mask top
                 select = len(top) > 1 or getattr(self, "need_backward", True)
-                r, self.sel = max_pool_select(x, g, y, select=select)
+                r, self.sel = kernels.max_pool_select(x, g, y, select=select)
                 self.idx = None
             if r is not y:
                 top[0].data[...] = r
             if len(top) > 1:
                 if self.idx is None:
-                    self.idx = select_to_index(self.sel, g, top[0].shape)
+                    self.idx = kernels.select_to_index(self.sel, g, top[0].shape)
                 top[1].data[...] = self.idx
         elif self.method == AVE:
-            r = ave_pool(x, g, y)
+            r = kernels.ave_pool(x, g, y)
             if r is not y:
                 top[0].data[...] = r
         elif self.phase == caffe_pb2.TRAIN:
@@ -515,14 +515,14 @@ class Pooling(Layer):
         g = self.geom
         dy = top[0].diff
         if self.method == AVE:
-            ave_pool_backward(dy, g, bottom[0].diff)
+            kernels.ave_pool_backward(dy, g, bottom[0].diff)
             return
         if self.method == MAX and len(top) > 1:
             idx = np.trunc(top[1].data).astype(np.int64)       # Caffe reads the mask top
         elif self.method == MAX and getattr(self, "idx", None) is None:
             if getattr(self, "sel", None) is None:     # forward ran without the argmax
-                _, self.sel = max_pool_select(bottom[0].data, g)
-            max_pool_backward(dy, self.sel, g, bottom[0].diff)
+                _, self.sel = kernels.max_pool_select(bottom[0].data, g)
+            kernels.max_pool_backward(dy, self.sel, g, bottom[0].diff)
             return
         else:
             idx = self.idx
@@ -579,7 +579,7 @@ class SPP(Layer):
         if self.method == MAX:
             return max_pool(x, g)
         if self.method == AVE:
-            return ave_pool(x, g), None
+            return kernels.ave_pool(x, g), None
         # the pyramid's inner pooling layers are built without a phase: always TRAIN
         u = self.ctx.rng.random(x.shape[:2] + g.out_shape)
         return stochastic_pool_train(x, g, u)
@@ -608,7 +608,7 @@ class SPP(Layer):
             n = C * g.oh * g.ow
             d = dy[:, at:at + n].reshape((N, C) + g.out_shape)
             at += n
-            part = (ave_pool_backward(d, g) if self.method == AVE
+            part = (kernels.ave_pool_backward(d, g) if self.method == AVE
                     else scatter_pool_backward(d, idx, g))
             dx = part if dx is None else dx + part
         bottom[0].diff[...] = dx
