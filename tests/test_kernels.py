@@ -79,3 +79,82 @@ def test_pooling_twins_agree_bit_for_bit(H, W, k, s, p, ceil, dtype):
     with np.errstate(over="ignore", invalid="ignore"):
         same(*twins(kernels.ave_pool, x, g), "ave")
     same(*twins(kernels.ave_pool_backward, dy, g), "ave backward")
+
+
+CONVS = [((2, 3, 9, 8), 3, 1, 1, 1), ((1, 4, 11, 7), 3, 2, 1, 1), ((2, 2, 10, 10), 5, 2, 2, 1),
+         ((1, 3, 9, 9), 3, 1, 2, 2), ((3, 2, 6, 5), 2, 3, 0, 1), ((1, 2, 4, 4), 7, 1, 3, 1)]
+
+
+@needs_numba
+@pytest.mark.parametrize("shape,k,s,p,d", CONVS)
+def test_im2col_col2im_and_store_twins_agree_bit_for_bit(shape, k, s, p, d):
+    from netrun.kernels.im2col import ConvGeometry, col2im_sum, im2col_copy, store_transposed
+    rng = np.random.default_rng(3)
+    g = ConvGeometry((k, k), (s, s), (p, p), (d, d))
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, 0] = -0.0
+    num, C = shape[:2]
+    out_sp = g.conv_out(shape[2:])
+    cshape = (C,) + g.kernel + (num,) + out_sp
+    c0, c1 = np.full(cshape, 7, np.float32), np.full(cshape, 7, np.float32)
+    im2col_copy.numpy(g, x, c0)
+    im2col_copy.numba(g, x, c1)
+    same(c0, c1, "im2col")
+    cols = rng.standard_normal(cshape).astype(np.float32)
+    view = g.cols_view(cols.reshape(C * g.K, -1), C, num, out_sp)      # strided, as conv
+    a0, a1 = np.full(shape, 7, np.float32), np.full(shape, 7, np.float32)
+    col2im_sum.numpy(g, view, shape[2:], out_sp, a0)
+    col2im_sum.numba(g, view, shape[2:], out_sp, a1)
+    same(a0, a1, "col2im")
+    for G, Og in ((1, 8), (2, 3)):
+        r = rng.standard_normal((G, num, 70, Og)).astype(np.float32)
+        bias = rng.standard_normal(G * Og).astype(np.float32)
+        for b in (None, bias):
+            o0, o1 = np.empty((num, G, Og, 70), np.float32), np.empty((num, G, Og, 70), np.float32)
+            store_transposed.numpy(r, o0, b)
+            store_transposed.numba(r, o1, b)
+            same(o0, o1, "store")
+
+
+@needs_numba
+@pytest.mark.parametrize("size", [1, 3, 5, 11])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lrn_twins_agree_bit_for_bit(size, dtype):
+    rng = np.random.default_rng(5)
+    shape = (2, 7, 3 * 37)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    outs = []
+    for engine in ("numpy", "numba"):
+        s, p, y = (np.empty(shape, dtype) for _ in range(3))
+        getattr(kernels.lrn_across_forward, engine)(x, s, p, y, size, (size - 1) // 2, 1e-4,
+                                                     dtype(-0.75), 2.0)
+        dx = dy.copy()                                    # in place: dx is dy
+        getattr(kernels.lrn_across_backward, engine)(x, dx, s, p, dx, size, (size - 1) // 2,
+                                                      dtype(2 * 1e-4 * 0.75 / size))
+        outs.append((s, p, y, dx))
+    for a, b, what in zip(*outs, ("scale", "power", "y", "dx")):
+        same(a, b, what)
+
+
+@needs_numba
+@pytest.mark.parametrize("H,W,k,s,p,d,num,G", [
+    (7, 7, 3, 1, 1, 1, 2, 3), (8, 9, 3, 2, 1, 1, 1, 4), (9, 9, 3, 1, 2, 2, 1, 3),
+    (8, 6, 3, 3, 0, 1, 2, 2), (6, 7, 5, 2, 2, 1, 2, 4), (1, 1, 3, 1, 1, 1, 2, 2)])
+def test_depthwise_backward_twins(H, W, k, s, p, d, num, G):
+    """The input gradient bit for bit; the weight gradient (float64 sums in the
+    compiled twin) to float32 rounding."""
+    from netrun.kernels.im2col import ConvGeometry
+    rng = np.random.default_rng(0)
+    g = ConvGeometry((k, k), (s, s), (p, p), (d, d))
+    x = rng.standard_normal((num, G, H, W)).astype(np.float32)
+    w = rng.standard_normal((G, 1, k, k)).astype(np.float32)
+    dy = rng.standard_normal((num, G) + g.conv_out((H, W))).astype(np.float32)
+    dx0, dx1 = (np.full(x.shape, 7, np.float32) for _ in range(2))
+    kernels.dw_wide_backward_data.numpy(g, dy, w, (H, W), dx0)
+    kernels.dw_wide_backward_data.numba(g, dy, w, (H, W), dx1)
+    same(dx0, dx1, "dx")
+    dw0, dw1 = twins(kernels.dw_wide_weight_grad, g, x, dy)
+    ref = twins(kernels.dw_wide_weight_grad, g, x.astype(np.float64), dy.astype(np.float64))[0]
+    np.testing.assert_allclose(dw1, ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dw0, dw1, rtol=1e-5, atol=1e-5)

@@ -14,6 +14,15 @@ Each kernel has a numpy twin and a numba twin of the same signature; the layers
 call ``kernels.<name>(...)`` and ``select`` runs the twin of the engine in use
 (``kernels.engine()``, ``with kernels.use("numpy"): ...``).
 """
-from .select import ENGINES, engine, numba_available, set_engine, use  # noqa: F401
-from .pooling import (ave_pool, ave_pool_backward, max_pool_backward,  # noqa: F401
-                      max_pool_select, select_to_index)
+from .depthwise import dw_wide_backward_data, dw_wide_weight_grad
+from .im2col import col2im_sum, im2col_copy, store_transposed
+from .lrn import lrn_across_backward, lrn_across_forward
+from .pooling import (ave_pool, ave_pool_backward, max_pool_backward, max_pool_select,
+                      select_to_index)
+from .select import ENGINES, engine, numba_available, set_engine, use
+
+__all__ = ["ENGINES", "engine", "numba_available", "set_engine", "use",
+           "ave_pool", "ave_pool_backward", "max_pool_backward", "max_pool_select",
+           "select_to_index", "col2im_sum", "im2col_copy", "store_transposed",
+           "lrn_across_backward", "lrn_across_forward", "dw_wide_backward_data",
+           "dw_wide_weight_grad"]

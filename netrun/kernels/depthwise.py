@@ -8,6 +8,7 @@ import numpy as np
 
 from .layout import POOL_TILE_BYTES, wide_grid
 from .scratch import scratch
+from .select import float64, jit, kernel, uint64
 from .tiles import run_tiles, tile_ranges
 
 _ALL = slice(None)
@@ -44,7 +45,7 @@ def plane_weights(g, w, num):
     return np.broadcast_to(w.reshape(1, G, g.K), (num, G, g.K)).reshape(num * G, g.K)
 
 
-def dw_wide_backward_data(g, dy, w, in_sp, out):
+def dw_wide_backward_data_numpy(g, dy, w, in_sp, out):
     num, G = dy.shape[:2]
     out_sp = dy.shape[2:]
     Hp, Wp, L, offs = wide(g, in_sp, out_sp)
@@ -67,7 +68,7 @@ def dw_wide_backward_data(g, dy, w, in_sp, out):
     return out
 
 
-def dw_wide_weight_grad(g, x, dy):
+def dw_wide_weight_grad_numpy(g, x, dy):
     num, G = x.shape[:2]
     out_sp = dy.shape[2:]
     Hp, Wp, L, offs = wide(g, x.shape[2:], out_sp)
@@ -114,3 +115,88 @@ def dw_weight_grad(g, xp, dy, G):
         xs = xp[(_ALL, _ALL) + g.offset_slices(kidx, out_sp)]
         dw[:, :, ki] = np.einsum(f"ngj{sp},ng{sp}->gj", dy5, xs)
     return dw.reshape((Co, 1) + g.kernel)
+
+
+# -- compiled twins (2-D, one output per group, equal strides: the wide cases) --------
+# The input gradient adds dy * w (rounded, then added: no fused multiply-add) into
+# each input in kernel order, as the numpy twin; the weight gradient sums each
+# plane's products in float64, then the planes (rounded once: closer to the exact
+# sum than the float32 sums of either Caffe's GEMM or the numpy twin).
+
+@jit
+def _dw_data_loops(dy, w, dx, lo, hi, sh, sw, ph, pw, dh, dwl):
+    # dy (NG, oh, ow), w (G, kh, kw), dx (NG, H, W); plane q has channel q % G
+    G, kh, kw = w.shape
+    oh, ow = dy.shape[1], dy.shape[2]
+    H, W = dx.shape[1], dx.shape[2]
+    for q in range(lo, hi):
+        dx[q] = 0
+        wq = w[q % G]
+        for a in range(kh):
+            for b in range(kw):
+                wab = wq[a, b]
+                off = b * dwl - pw
+                jlo = 0 if off >= 0 else (sw - 1 - off) // sw
+                jhi = min(ow, (W - 1 - off) // sw + 1) if off <= W - 1 else 0
+                for i in range(oh):
+                    h = i * sh - ph + a * dh
+                    if h < 0 or h >= H:
+                        continue
+                    dr = dy[q, i]
+                    xr = dx[q, h]
+                    for j in range(jlo, jhi):
+                        t = dr[uint64(j)] * wab
+                        xr[uint64(j * sw + off)] += t
+
+
+def dw_wide_backward_data_numba(g, dy, w, in_sp, out):
+    num, G = dy.shape[:2]
+    NG = num * G
+    dy3 = np.ascontiguousarray(dy).reshape((NG,) + dy.shape[2:])
+    o3 = out.reshape((NG,) + tuple(in_sp))
+    w3 = np.ascontiguousarray(w).reshape((G,) + g.kernel)
+    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.pad, g.dilation
+    run_tiles(lambda lo, hi: _dw_data_loops(dy3, w3, o3, lo, hi, sh, sw, ph, pw, dh, dw),
+              tile_ranges(NG, o3[0].nbytes if NG else 0, 1 << 62))
+    return out
+
+
+@jit
+def _dw_weight_loops(x, dy, acc, lo, hi, sh, sw, ph, pw, dh, dwl):
+    # x (NG, H, W), dy (NG, oh, ow), acc (NG, kh, kw) float64
+    kh, kw = acc.shape[1], acc.shape[2]
+    oh, ow = dy.shape[1], dy.shape[2]
+    H, W = x.shape[1], x.shape[2]
+    for q in range(lo, hi):
+        for a in range(kh):
+            for b in range(kw):
+                off = b * dwl - pw
+                jlo = 0 if off >= 0 else (sw - 1 - off) // sw
+                jhi = min(ow, (W - 1 - off) // sw + 1) if off <= W - 1 else 0
+                s = 0.0
+                for i in range(oh):
+                    h = i * sh - ph + a * dh
+                    if h < 0 or h >= H:
+                        continue
+                    dr = dy[q, i]
+                    xr = x[q, h]
+                    for j in range(jlo, jhi):
+                        s += float64(dr[uint64(j)]) * float64(xr[uint64(j * sw + off)])
+                acc[q, a, b] = s
+
+
+def dw_wide_weight_grad_numba(g, x, dy):
+    num, G = x.shape[:2]
+    NG = num * G
+    x3 = np.ascontiguousarray(x).reshape((NG,) + x.shape[2:])
+    dy3 = np.ascontiguousarray(dy).reshape((NG,) + dy.shape[2:])
+    acc = np.empty((NG,) + g.kernel, np.float64)
+    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.pad, g.dilation
+    run_tiles(lambda lo, hi: _dw_weight_loops(x3, dy3, acc, lo, hi, sh, sw, ph, pw, dh, dw),
+              tile_ranges(NG, x3[0].nbytes if NG else 0, 1 << 62))
+    return acc.reshape((num, G) + g.kernel).sum(axis=0).astype(dy.dtype).reshape(
+        (G, 1) + g.kernel)
+
+
+dw_wide_backward_data = kernel(dw_wide_backward_data_numpy, dw_wide_backward_data_numba)
+dw_wide_weight_grad = kernel(dw_wide_weight_grad_numpy, dw_wide_weight_grad_numba)

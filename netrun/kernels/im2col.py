@@ -20,7 +20,9 @@ from numpy.lib.stride_tricks import as_strided
 from . import depthwise
 from .layout import _cdiv, _pool_axis_range, _prod
 from .scratch import scratch
-from .tiles import in_parts, parallel_copyto
+from .select import jit, kernel, uint64
+from . import tiles
+from .tiles import in_parts, parallel_copyto, run_tiles
 
 _ALL = slice(None)
 
@@ -104,15 +106,11 @@ class ConvGeometry:
         loop runs along the output rows -- and returned as its transposed view (a
         Fortran-ordered operand BLAS reads as is; the sums are the same)."""
         num, C = x.shape[:2]
-        nsp = self.nsp
         P = _prod(out_sp)
-        v = self.windows(self.padded_scratch(x, out_sp), out_sp)    # (num, C, *out, *k)
-        perm = ((1,) + tuple(range(2 + nsp, 2 + 2 * nsp)) + (0,)
-                + tuple(range(2, 2 + nsp)))
         shape = (C,) + self.kernel + (num,) + tuple(out_sp)
         cols = (scratch("cols", shape, x.dtype) if out is None
                 else out.reshape(-1)[:_prod(shape)].reshape(shape))
-        parallel_copyto(cols, v.transpose(perm))
+        im2col_copy(self, x, cols)
         return cols.reshape(group, C // group * self.K, num * P).transpose(0, 2, 1)
 
     def col2im(self, cols, in_sp, out_sp, out=None):
@@ -124,22 +122,7 @@ class ConvGeometry:
         if _prod(out_sp) == 0:
             acc.fill(0)
             return acc
-        ranges = [[_pool_axis_range(n, o, k * d, s, p) for k in range(ks)]
-                  for n, o, ks, d, s, p in zip(in_sp, out_sp, self.kernel, self.dilation,
-                                                 self.stride, self.pad)]
-        steps = []
-        for kidx in np.ndindex(*self.kernel):
-            r = [ranges[a][k] for a, k in enumerate(kidx)]
-            if all(x is not None for x in r):
-                steps.append((tuple(x[1] for x in r), kidx + tuple(x[0] for x in r)))
-
-        def channels(lo, hi):                 # each channel range on its own
-            a = acc[:, lo:hi]
-            a.fill(0)
-            c = cols[:, lo:hi]
-            for isl, csl in steps:
-                a[(_ALL, _ALL) + isl] += c[(_ALL, _ALL) + csl]
-        in_parts(channels, C, cols.size * cols.itemsize)
+        col2im_sum(self, cols, in_sp, out_sp, acc)
         return acc
 
     def cols_view(self, cols, C, num, out_sp):
@@ -195,7 +178,7 @@ class ConvGeometry:
         wt = w.reshape(G, Og, -1).transpose(0, 2, 1)                  # (G, Cg*K, Og)
         r = np.matmul(a, wt, out=scratch("gemm", (G, num * P, Og), w.dtype))
         if out is not None:
-            _store_transposed(r.reshape(G, num, P, Og), out.reshape(num, G, Og, P), bias)
+            store_transposed(r.reshape(G, num, P, Og), out.reshape(num, G, Og, P), bias)
             return out
         y = r.reshape(G, num, P, Og).transpose(1, 0, 3, 2)             # (num, G, Og, P)
         y = y.reshape((num, Co) + tuple(out_sp))
@@ -281,7 +264,41 @@ def per_image(num, P):
     return num > 1 and P >= _BIG_PLANE
 
 
-def _store_transposed(r, out, bias):
+# =====================================================================================
+# Kernel twins: im2col's copy, col2im's sums, the transposed store
+# =====================================================================================
+def im2col_copy_numpy(g, x, cols):
+    """cols (C, *kernel, num, *out) = x_pad[n, c, o s + k d] (0 in the padding)."""
+    nsp = g.nsp
+    out_sp = cols.shape[2 + nsp:]
+    v = g.windows(g.padded_scratch(x, out_sp), out_sp)       # (num, C, *out, *k)
+    perm = ((1,) + tuple(range(2 + nsp, 2 + 2 * nsp)) + (0,) + tuple(range(2, 2 + nsp)))
+    parallel_copyto(cols, v.transpose(perm))
+
+
+def col2im_sum_numpy(g, cols, in_sp, out_sp, acc):
+    """acc (num, C, *in) = the sum of each input's reads in the column view
+    (num, C, *kernel, *out), in kernel order (reads in the padding dropped)."""
+    ranges = [[_pool_axis_range(n, o, k * d, s, p) for k in range(ks)]
+              for n, o, ks, d, s, p in zip(in_sp, out_sp, g.kernel, g.dilation,
+                                             g.stride, g.pad)]
+    steps = []
+    for kidx in np.ndindex(*g.kernel):
+        r = [ranges[a][k] for a, k in enumerate(kidx)]
+        if all(x is not None for x in r):
+            steps.append((tuple(x[1] for x in r), kidx + tuple(x[0] for x in r)))
+    C = cols.shape[1]
+
+    def channels(lo, hi):                 # each channel range on its own
+        a = acc[:, lo:hi]
+        a.fill(0)
+        c = cols[:, lo:hi]
+        for isl, csl in steps:
+            a[(_ALL, _ALL) + isl] += c[(_ALL, _ALL) + csl]
+    in_parts(channels, C, cols.size * cols.itemsize)
+
+
+def store_transposed_numpy(r, out, bias):
     """out[n, g, o, p] = r[g, n, p, o] (+ bias[g*Og + o]): the GEMM's (position,
     channel) rows into the blob's channel-major layout.  numpy's element-wise
     transposed copy is slow; moving 16-byte units (4 channels) first and then
@@ -310,3 +327,116 @@ def _store_transposed(r, out, bias):
         else:
             np.add(s, b[:, :, lo:hi], out=d)
     in_parts(part, dst.shape[2], 2 * out.nbytes)
+
+
+# -- compiled twins (2-D; other ranks run the numpy twins) -----------------------------
+# Unsigned indices in the inner loops (no negative-index check: they vectorize).
+
+@jit
+def _im2col_loops(x, cols, lo, hi, sh, sw, ph, pw, dh, dw):
+    num, H, W = x.shape[0], x.shape[2], x.shape[3]
+    kh, kw, oh, ow = cols.shape[1], cols.shape[2], cols.shape[4], cols.shape[5]
+    for c in range(lo, hi):
+        for a in range(kh):
+            for b in range(kw):
+                off = b * dw - pw
+                jlo = 0 if off >= 0 else (sw - 1 - off) // sw
+                jhi = min(ow, (W - 1 - off) // sw + 1) if off <= W - 1 else 0
+                jhi = max(jlo, jhi)
+                for n in range(num):
+                    for i in range(oh):
+                        dst = cols[c, a, b, n, i]
+                        h = i * sh - ph + a * dh
+                        if h < 0 or h >= H:
+                            dst[:] = 0
+                            continue
+                        xr = x[n, c, h]
+                        for j in range(jlo):
+                            dst[uint64(j)] = 0
+                        for j in range(jlo, jhi):
+                            dst[uint64(j)] = xr[uint64(j * sw + off)]
+                        for j in range(jhi, ow):
+                            dst[uint64(j)] = 0
+
+
+def im2col_copy_numba(g, x, cols):
+    if g.nsp != 2 or x.shape[0] * x.shape[1] == 0:
+        return im2col_copy_numpy(g, x, cols)
+    x = np.ascontiguousarray(x)
+    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.pad, g.dilation
+    C = x.shape[1]
+    _by_threads(lambda lo, hi: _im2col_loops(x, cols, lo, hi, sh, sw, ph, pw, dh, dw),
+                C, cols.nbytes)
+
+
+def _by_threads(fn, n, nbytes):
+    """fn(lo, hi) over [0, n), one range per thread when the work is worth sharing."""
+    if tiles.THREADS < 2 or n < 2 or nbytes < (1 << 18):
+        fn(0, n)
+        return
+    cuts = [n * i // tiles.THREADS for i in range(tiles.THREADS + 1)]
+    run_tiles(fn, [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
+
+
+@jit
+def _col2im_loops(cols, acc, lo, hi, sh, sw, ph, pw, dh, dw):
+    # cols (num, C, kh, kw, oh, ow) (any strides), acc (num, C, H, W)
+    num, H, W = acc.shape[0], acc.shape[2], acc.shape[3]
+    kh, kw, oh, ow = cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
+    for c in range(lo, hi):
+        for n in range(num):
+            acc[n, c] = 0
+            for a in range(kh):                 # each input: its reads in kernel order
+                for b in range(kw):
+                    off = b * dw - pw
+                    jlo = 0 if off >= 0 else (sw - 1 - off) // sw
+                    jhi = min(ow, (W - 1 - off) // sw + 1) if off <= W - 1 else 0
+                    for i in range(oh):
+                        h = i * sh - ph + a * dh
+                        if h < 0 or h >= H:
+                            continue
+                        ar = acc[n, c, h]
+                        cr = cols[n, c, a, b, i]
+                        for j in range(jlo, jhi):
+                            ar[uint64(j * sw + off)] += cr[uint64(j)]
+
+
+def col2im_sum_numba(g, cols, in_sp, out_sp, acc):
+    if g.nsp != 2:
+        return col2im_sum_numpy(g, cols, in_sp, out_sp, acc)
+    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.pad, g.dilation
+    _by_threads(lambda lo, hi: _col2im_loops(cols, acc, lo, hi, sh, sw, ph, pw, dh, dw),
+                cols.shape[1], cols.size * cols.itemsize)
+
+
+@jit
+def _store_loops(r, out, bias, with_bias, lo, hi):
+    # r (G, num, P, Og) -> out (num, G, Og, P), channels lo..hi, in blocks of positions
+    G, num, P, Og = r.shape
+    for g in range(G):
+        for n in range(num):
+            src = r[g, n]
+            dst = out[n, g]
+            for p0 in range(0, P, 64):
+                p1 = min(P, p0 + 64)
+                for o in range(lo, hi):
+                    d = dst[o]
+                    if with_bias:
+                        bo = bias[g * Og + o]
+                        for p in range(p0, p1):
+                            d[uint64(p)] = src[uint64(p), o] + bo
+                    else:
+                        for p in range(p0, p1):
+                            d[uint64(p)] = src[uint64(p), o]
+
+
+def store_transposed_numba(r, out, bias):
+    Og = r.shape[3]
+    b = bias if bias is not None else np.zeros(1, r.dtype)
+    _by_threads(lambda lo, hi: _store_loops(r, out, b, bias is not None, lo, hi), Og,
+                2 * out.nbytes)
+
+
+im2col_copy = kernel(im2col_copy_numpy, im2col_copy_numba)
+col2im_sum = kernel(col2im_sum_numpy, col2im_sum_numba)
+store_transposed = kernel(store_transposed_numpy, store_transposed_numba)

@@ -129,8 +129,8 @@ def _prepare_numba():
 class _Jit:
     """A loop compiled with numba on its first call (numba imported then).
 
-    Inside compiled loops the module's names ``uint64`` and ``int32`` are numba's
-    types, and the loops a loop calls are compiled first and called directly (their
+    Inside compiled loops the module's names ``uint64``, ``int32`` and ``float64``
+    are numba's types, and the loops a loop calls are compiled first and called directly (their
     module names are rebound to the compiled functions)."""
 
     def __init__(self, fn):
@@ -144,7 +144,7 @@ class _Jit:
                 if self.fn is None:
                     numba = _prepare_numba()
                     g = self.py.__globals__
-                    g["uint64"], g["int32"] = numba.uint64, numba.int32
+                    g.update(uint64=numba.uint64, int32=numba.int32, float64=numba.float64)
                     for name in self.py.__code__.co_names:   # loops it calls: compiled
                         if isinstance(g.get(name), _Jit):     # first, called directly
                             g[name] = g[name].compiled()
@@ -163,6 +163,7 @@ def uint64(v):
 
 
 int32 = int
+float64 = float
 
 
 def jit(fn):
