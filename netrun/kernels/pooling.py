@@ -687,8 +687,21 @@ def ave_pool_backward_numba(dy, g, dx=None):
     return dx
 
 
-max_pool_select = kernel(max_pool_select_numpy, max_pool_select_numba)
-select_to_index = kernel(select_to_index_numpy, select_to_index_numba)
-max_pool_backward = kernel(max_pool_backward_numpy, max_pool_backward_numba)
-ave_pool = kernel(ave_pool_numpy, ave_pool_numba)
-ave_pool_backward = kernel(ave_pool_backward_numpy, ave_pool_backward_numba)
+def _input_bytes(a, g, *args, **kwargs):
+    """The pooling input's size, whichever array (x, dy, sel) a call gets: the
+    forward and backward of one layer pick the same twin (their argmax differ)."""
+    return a.shape[0] * a.shape[1] * g.H * g.W * 4
+
+
+max_pool_select = kernel(max_pool_select_numpy, max_pool_select_numba, _input_bytes)
+max_pool_backward = kernel(max_pool_backward_numpy, max_pool_backward_numba,
+                           lambda dy, sel, g, dx: _input_bytes(dy, g))
+ave_pool = kernel(ave_pool_numpy, ave_pool_numba, _input_bytes)
+ave_pool_backward = kernel(ave_pool_backward_numpy, ave_pool_backward_numba, _input_bytes)
+
+
+def _index_bytes(sel, g, shape):
+    return _input_bytes(np.empty(tuple(shape[:2]) + (0,)), g)
+
+
+select_to_index = kernel(select_to_index_numpy, select_to_index_numba, _index_bytes)

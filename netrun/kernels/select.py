@@ -5,10 +5,15 @@ a numpy one (always there) and a numba one (compiled loops: one pass where numpy
 needs several).  ``kernel(numpy_fn, numba_fn)`` makes the function the layers call;
 it runs the twin of the engine in use:
 
-- ``NETRUN_KERNELS=numpy`` or ``numba`` forces one (read at import);
+- ``NETRUN_KERNELS=numpy`` or ``numba`` forces one for every call (read at import);
 - by default numba when it can be imported, else numpy (a Python version numba
-  does not support yet: the numpy twins are the fallback);
-- ``use("numpy")`` switches inside a ``with`` block (tests run both engines).
+  does not support yet: the numpy twins are the fallback).  By default a call
+  whose work is small (under ``MIN_COMPILED_BYTES``: a 28x28 LeNet's layers) runs
+  the numpy twin: loading numba and its compiled kernels costs about a second
+  (more on a busy machine), which a small net never wins back -- the README's
+  first command does not load numba at all;
+- ``use("numpy")`` / ``use("numba")`` forces one inside a ``with`` block (tests run
+  both engines, every call).
 
 numba is imported only when a compiled twin first runs (an import costs ~0.3 s).
 Its kernels are compiled with ``cache=True``: the first run of a fresh install
@@ -55,6 +60,9 @@ def _initial_engine():
 
 
 _engine = _initial_engine()
+# default (auto): small calls run the numpy twin; a forced engine runs every call
+_min_bytes = 0 if os.environ.get("NETRUN_KERNELS", "").strip().lower() == "numba" else None
+MIN_COMPILED_BYTES = 1 << 16
 _lock = threading.RLock()
 
 
@@ -63,39 +71,46 @@ def engine():
     return _engine
 
 
-def set_engine(name):
-    """Select the kernel engine for the whole process."""
-    global _engine
+def set_engine(name, every_call=True):
+    """Select the kernel engine for the whole process (numba: for every call, or
+    with ``every_call=False`` only where the work is large)."""
+    global _engine, _min_bytes
     name = str(name).lower()
     if name not in ENGINES:
         raise ValueError(f"kernel engine must be one of {', '.join(ENGINES)}, got {name!r}")
     if name == "numba" and not numba_available():
         raise ValueError("the numba kernels need numba (pip install numba)")
     _engine = name
+    _min_bytes = 0 if every_call else None
 
 
 @contextlib.contextmanager
 def use(name):
     """``with use("numpy"): ...`` runs the block with that engine's kernels."""
-    old = _engine
+    old = _engine, _min_bytes
     set_engine(name)
     try:
         yield
     finally:
-        set_engine(old)
+        set_engine(old[0], every_call=old[1] == 0)
 
 
 class Kernel:
-    """A kernel's two twins; calling it runs the engine's one."""
+    """A kernel's two twins; calling it runs the engine's one.  ``work(*args)`` is
+    the call's size in bytes (by default the largest array argument's); the twins
+    whose state passes between calls (pooling's argmax) measure the same thing in
+    each of their calls, so a forward and its backward always run the same twin."""
 
-    def __init__(self, numpy_fn, numba_fn):
+    def __init__(self, numpy_fn, numba_fn, work=None):
         self.numpy = numpy_fn
         self.numba = numba_fn
-        self.__name__ = numpy_fn.__name__
+        self.work = work or _largest_array
+        self.__name__ = numpy_fn.__name__.replace("_numpy", "")
         self.__doc__ = numpy_fn.__doc__
 
     def __call__(self, *args, **kwargs):
-        if _engine == "numba":
+        if _engine == "numba" and (_min_bytes == 0 or
+                                   self.work(*args, **kwargs) >= MIN_COMPILED_BYTES):
             return self.numba(*args, **kwargs)
         return self.numpy(*args, **kwargs)
 
@@ -103,9 +118,13 @@ class Kernel:
         return f"<kernel {self.__name__} ({_engine})>"
 
 
-def kernel(numpy_fn, numba_fn):
+def _largest_array(*args, **kwargs):
+    return max((getattr(a, "nbytes", 0) for a in args), default=0)
+
+
+def kernel(numpy_fn, numba_fn, work=None):
     """The function layers call: numpy_fn or numba_fn, per the engine in use."""
-    return Kernel(numpy_fn, numba_fn)
+    return Kernel(numpy_fn, numba_fn, work)
 
 
 # -- compiling ------------------------------------------------------------------------
