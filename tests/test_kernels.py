@@ -158,3 +158,30 @@ def test_depthwise_backward_twins(H, W, k, s, p, d, num, G):
     ref = twins(kernels.dw_wide_weight_grad, g, x.astype(np.float64), dy.astype(np.float64))[0]
     np.testing.assert_allclose(dw1, ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(dw0, dw1, rtol=1e-5, atol=1e-5)
+
+
+@needs_numba
+def test_a_read_only_install_caches_compiled_kernels_in_the_user_cache(tmp_path, monkeypatch):
+    import numba
+    from netrun.kernels import select
+    monkeypatch.setattr(numba.config, "CACHE_DIR", "")       # restored afterwards
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(select.os, "access", lambda path, mode: False)
+    select._prepare_numba()
+    want = str(tmp_path / "netrun" / "numba")
+    assert os.environ["NUMBA_CACHE_DIR"] == want
+    assert numba.config.CACHE_DIR == want
+
+
+def test_small_calls_run_the_numpy_twin_by_default(monkeypatch):
+    from netrun.kernels import select
+    calls = []
+    k = select.kernel(lambda a: calls.append("numpy"), lambda a: calls.append("numba"))
+    monkeypatch.setattr(select, "_engine", "numba")
+    monkeypatch.setattr(select, "_min_bytes", None)
+    k(np.zeros(4, np.float32))
+    k(np.zeros(select.MIN_COMPILED_BYTES // 4, np.float32))
+    monkeypatch.setattr(select, "_min_bytes", 0)                    # NETRUN_KERNELS=numba
+    k(np.zeros(4, np.float32))
+    assert calls == ["numpy", "numba", "numba"]

@@ -135,13 +135,17 @@ def _cache_dir():
 
 
 def _prepare_numba():
-    if "NUMBA_CACHE_DIR" not in os.environ:
+    """Import numba, its cache in a user-writable folder when netrun's is not."""
+    chosen = None
+    if not os.environ.get("NUMBA_CACHE_DIR"):
         here = os.path.dirname(os.path.abspath(__file__))
         pycache = os.path.join(here, "__pycache__")
         target = pycache if os.path.isdir(pycache) else here
         if not os.access(target, os.W_OK):
-            os.environ["NUMBA_CACHE_DIR"] = _cache_dir()
+            chosen = os.environ["NUMBA_CACHE_DIR"] = _cache_dir()
     import numba
+    if chosen and not numba.config.CACHE_DIR:       # numba was imported before netrun
+        numba.config.CACHE_DIR = chosen
     return numba
 
 
