@@ -185,3 +185,27 @@ def test_small_calls_run_the_numpy_twin_by_default(monkeypatch):
     monkeypatch.setattr(select, "_min_bytes", 0)                    # NETRUN_KERNELS=numba
     k(np.zeros(4, np.float32))
     assert calls == ["numpy", "numba", "numba"]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_element_wise_twins_agree_bit_for_bit(dtype):
+    rng = np.random.default_rng(9)
+    n = 3000
+    arrays = [rng.standard_normal(n).astype(dtype) * 10 ** k for k in range(4)]
+    arrays[1][:3] = (np.nan, np.inf, -0.0)
+    for count in (2, 3, 4):
+        o0, o1 = np.empty(n, dtype), np.empty(n, dtype)
+        kernels.sum_into.numpy(o0, arrays[:count])
+        kernels.sum_into.numba(o1, arrays[:count])
+        same(o0, o1, f"sum of {count}")
+    x = rng.standard_normal(n).astype(dtype)
+    x[:4] = (0.0, -0.0, np.nan, -np.inf)
+    dy = rng.standard_normal(n).astype(dtype)
+    dy[4:8] = (np.nan, np.inf, -np.inf, -0.0)
+    x[4:8] = (-1, -1, 1, -1)
+    d0, d1 = np.empty(n, dtype), dy.copy()
+    with np.errstate(invalid="ignore"):                       # inf * 0, as Caffe
+        kernels.relu_backward.numpy(dy, x, d0)
+    kernels.relu_backward.numba(d1, x, d1)                    # in place
+    same(d0, d1, "relu backward")

@@ -478,8 +478,9 @@ def scatter_pool_backward(dy, idx, g):
 # =====================================================================================
 # MAX keeps the in-plane index h*W + w of the first maximum (int32, -1: none) as its
 # ``sel``, and that element's value (the numpy twin's fmax may return +0.0 where
-# a window's first maximum is -0.0 tied with a later +0.0: the only difference); AVE sums each window's real pixels in row-major order (the numpy twins'
-# order), then divides by the same float pool size.  Backward walks the windows in
+# a window's first maximum is -0.0 tied with a later +0.0: the only difference);
+# AVE sums each window's real pixels in row-major order (the numpy twins' order),
+# then divides by the same float pool size.  Backward walks the windows in
 # raster order, so every input adds its contributions in Caffe's order.
 
 def _thread_parts(n, unit_bytes):

@@ -8,10 +8,11 @@ import math
 
 import numpy as np
 
+from .. import kernels
 from ..errors import LayerError, check
+from ..kernels.tiles import flat_parts
 from ..proto import caffe_pb2
 from .base import Layer, register
-from ..kernels.tiles import flat_parts
 
 
 class NeuronLayer(Layer):
@@ -80,8 +81,7 @@ class ReLU(NeuronLayer):
             return
         dy = top[0].diff
         if self.slope == 0:             # Caffe's dy * (x > 0), in place when it can be
-            flat_parts(lambda d, a, dx: np.multiply(d, a > 0, out=dx),
-                       dy, bottom[0].data, bottom[0].diff)
+            kernels.relu_backward(dy, bottom[0].data, bottom[0].diff)
             return
         # the mask kept by forward (in place, negative slope), else x > 0
         in_place_mask = self._mask is not None and self.in_place(bottom, top)

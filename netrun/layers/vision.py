@@ -78,7 +78,6 @@ _DOC_SPP = __doc__[__doc__.index("SPP (spatial"):]
 _POOL = caffe_pb2.PoolingParameter
 MAX, AVE, STOCHASTIC = _POOL.MAX, _POOL.AVE, _POOL.STOCHASTIC
 _POOL_FIELDS = set(_POOL.DESCRIPTOR.fields_by_name)
-_ALL = slice(None)
 
 
 # A net's convolutions keep the columns of their forward pass for the weight gradient
