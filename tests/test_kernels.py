@@ -209,3 +209,14 @@ def test_element_wise_twins_agree_bit_for_bit(dtype):
         kernels.relu_backward.numpy(dy, x, d0)
     kernels.relu_backward.numba(d1, x, d1)                    # in place
     same(d0, d1, "relu backward")
+
+
+@needs_numba
+def test_ordered_sums_of_many_arrays_agree_bit_for_bit():
+    rng = np.random.default_rng(2)
+    arrays = [(rng.standard_normal(5000) * 10 ** (k % 5)).astype(np.float32) for k in range(7)]
+    for count in (5, 7):
+        o0, o1 = np.empty(5000, np.float32), np.empty(5000, np.float32)
+        kernels.sum_into.numpy(o0, arrays[:count])
+        kernels.sum_into.numba(o1, arrays[:count])
+        same(o0, o1, f"sum of {count}")

@@ -120,8 +120,9 @@ def dw_weight_grad(g, xp, dy, G):
 # -- compiled twins (2-D, one output per group, equal strides: the wide cases) --------
 # The input gradient adds dy * w (rounded, then added: no fused multiply-add) into
 # each input in kernel order, as the numpy twin; the weight gradient sums each
-# plane's products in float64, then the planes (rounded once: closer to the exact
-# sum than the float32 sums of either Caffe's GEMM or the numpy twin).
+# plane's products in float64 (per output column, then the columns), then the
+# planes, rounded once: closer to the exact sum than the float32 sums of either
+# Caffe's GEMM or the numpy twin.
 
 @jit
 def _dw_data_loops(dy, w, dx, lo, hi, sh, sw, ph, pw, dh, dwl):
@@ -163,17 +164,19 @@ def dw_wide_backward_data_numba(g, dy, w, in_sp, out):
 
 @jit
 def _dw_weight_loops(x, dy, acc, lo, hi, sh, sw, ph, pw, dh, dwl):
-    # x (NG, H, W), dy (NG, oh, ow), acc (NG, kh, kw) float64
+    # x (NG, H, W), dy (NG, oh, ow), acc (NG, kh, kw) float64; per-column float64
+    # partial sums (a vectorizable loop), added up at the end
     kh, kw = acc.shape[1], acc.shape[2]
     oh, ow = dy.shape[1], dy.shape[2]
     H, W = x.shape[1], x.shape[2]
+    part = np.empty(ow, np.float64)
     for q in range(lo, hi):
         for a in range(kh):
             for b in range(kw):
                 off = b * dwl - pw
                 jlo = 0 if off >= 0 else (sw - 1 - off) // sw
                 jhi = min(ow, (W - 1 - off) // sw + 1) if off <= W - 1 else 0
-                s = 0.0
+                part[:] = 0.0
                 for i in range(oh):
                     h = i * sh - ph + a * dh
                     if h < 0 or h >= H:
@@ -181,7 +184,11 @@ def _dw_weight_loops(x, dy, acc, lo, hi, sh, sw, ph, pw, dh, dwl):
                     dr = dy[q, i]
                     xr = x[q, h]
                     for j in range(jlo, jhi):
-                        s += float64(dr[uint64(j)]) * float64(xr[uint64(j * sw + off)])
+                        part[uint64(j)] += (float64(dr[uint64(j)])
+                                            * float64(xr[uint64(j * sw + off)]))
+                s = 0.0
+                for j in range(ow):
+                    s += part[uint64(j)]
                 acc[q, a, b] = s
 
 

@@ -29,16 +29,38 @@ def relu_backward_numpy(dy, x, dx):
 
 @jit
 def _sum_loop(out, arrays):
+    # one pass for 2 to 4 arrays; more in blocks that stay in L1
     n = out.shape[0]
-    first, second = arrays[0], arrays[1]
-    for i in range(n):
-        u = uint64(i)
-        out[u] = first[u] + second[u]
-    for k in range(2, len(arrays)):
-        a = arrays[k]
+    k = len(arrays)
+    a, b = arrays[0], arrays[1]
+    if k == 2:
         for i in range(n):
             u = uint64(i)
-            out[u] += a[u]
+            out[u] = a[u] + b[u]
+    elif k == 3:
+        c = arrays[2]
+        for i in range(n):
+            u = uint64(i)
+            t = a[u] + b[u]
+            out[u] = t + c[u]
+    elif k == 4:
+        c, d = arrays[2], arrays[3]
+        for i in range(n):
+            u = uint64(i)
+            t = a[u] + b[u]
+            t = t + c[u]
+            out[u] = t + d[u]
+    else:
+        for lo in range(0, n, 2048):
+            hi = min(n, lo + 2048)
+            for i in range(lo, hi):
+                u = uint64(i)
+                out[u] = a[u] + b[u]
+            for j in range(2, k):
+                r = arrays[j]
+                for i in range(lo, hi):
+                    u = uint64(i)
+                    out[u] += r[u]
 
 
 @jit
