@@ -220,3 +220,20 @@ def test_ordered_sums_of_many_arrays_agree_bit_for_bit():
         kernels.sum_into.numpy(o0, arrays[:count])
         kernels.sum_into.numba(o1, arrays[:count])
         same(o0, o1, f"sum of {count}")
+
+
+def test_a_broken_numba_falls_back_to_the_numpy_twins(monkeypatch):
+    from netrun.kernels import select
+
+    def broken():
+        raise ImportError("numba needs numpy < 2.5")
+    calls = []
+    k = select.kernel(lambda a: calls.append("numpy"), lambda a: calls.append("numba"))
+    monkeypatch.setattr(select, "_engine", "numba")
+    monkeypatch.setattr(select, "_min_bytes", 0)
+    monkeypatch.setattr(select, "_numba_state", None)
+    monkeypatch.setattr(select, "_prepare_numba", broken)
+    with pytest.warns(UserWarning, match="numba cannot be imported"):
+        k(np.zeros(4))
+    k(np.zeros(4))
+    assert calls == ["numpy", "numpy"] and select.engine() == "numpy"

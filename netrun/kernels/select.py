@@ -109,8 +109,9 @@ class Kernel:
         self.__doc__ = numpy_fn.__doc__
 
     def __call__(self, *args, **kwargs):
-        if _engine == "numba" and (_min_bytes == 0 or
-                                   self.work(*args, **kwargs) >= MIN_COMPILED_BYTES):
+        if (_engine == "numba" and (_min_bytes == 0 or
+                                    self.work(*args, **kwargs) >= MIN_COMPILED_BYTES)
+                and _numba_loads()):
             return self.numba(*args, **kwargs)
         return self.numpy(*args, **kwargs)
 
@@ -147,6 +148,26 @@ def _prepare_numba():
     if chosen and not numba.config.CACHE_DIR:       # numba was imported before netrun
         numba.config.CACHE_DIR = chosen
     return numba
+
+
+_numba_state = None                   # None: not tried yet; then True / False
+
+
+def _numba_loads():
+    """Import numba on the first compiled call; if that fails (numba installed but
+    broken, e.g. built for another numpy), warn once and use the numpy twins."""
+    global _numba_state, _engine
+    if _numba_state is None:
+        with _lock:
+            if _numba_state is None:
+                try:
+                    _prepare_numba()
+                    _numba_state = True
+                except Exception as e:                  # noqa: BLE001 - any import error
+                    warnings.warn(f"numba cannot be imported ({type(e).__name__}: {e}); "
+                                  "netrun uses its numpy kernels", stacklevel=3)
+                    _numba_state, _engine = False, "numpy"
+    return _numba_state
 
 
 class _Jit:
