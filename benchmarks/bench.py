@@ -345,6 +345,7 @@ def main():
         # netrun on each row, so both see the same moment
         results = {(row, e): [] for row in rows for e in engines + ["caffe"]}
         gemm = {row: [] for row in rows}
+        log = []
         for rnd in range(args.rounds):
             for row in rows:
                 net, batch = row
@@ -356,10 +357,12 @@ def main():
                 else:
                     cf, cb = CAFFE[row]
                     results[(row, "caffe")].append({"forward": cf, "backward": cb})
-                print(f"round {rnd + 1}: {net} {batch}: " + "; ".join(
+                log.append(f"round {rnd + 1}: {net} {batch}: " + "; ".join(
                     f"{e or 'netrun'} " + (r["error"] if "error" in r else
                                            f"{r['forward']:.1f} / {r['backward']:.1f} ms")
-                    for e in engines + ["caffe"] for r in results[(row, e)][-1:]), flush=True)
+                    for e in engines + ["caffe"] for r in results[(row, e)][-1:])
+                    + f" (GEMM {gemm[row][-1]:.0f} GF/s)")
+                print(log[-1], flush=True)
 
         def best(runs, key):
             ok = [r[key] for r in runs if "error" not in r]
@@ -392,6 +395,9 @@ def main():
             lines.append(line)
             print(line, flush=True)
     lines += ["", f"At the end of the table: {load()}, GEMM {gemm_gflops():.0f} GFLOP/s."]
+    if not args.low_memory:
+        lines += ["", "## Every round (forward / backward ms; each row's runs back to back)",
+                  "", "```"] + log + ["```"]
     if not args.low_memory and args.memory_rows:
         lines += ["", "## Forward-only peak RSS: default vs --low-memory", ""] + MEMORY_HEAD
         for item in args.memory_rows.split(","):
