@@ -187,41 +187,58 @@ def run_caffe(exe, prototxt, iterations):
     return {"forward": float(f.group(1)), "backward": float(b.group(1))}
 
 
-def per_layer(net, batch, r, iterations, top=8):
-    """`netrun time --json` on the row's net (final Softmax dropped): the layer types'
+def caffe_layer_times(exe, prototxt, iterations):
+    """{layer name: (forward ms, backward ms)} from `caffe time`'s per-layer lines."""
+    import re
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=BLAS_THREADS, GLOG_logtostderr="1")
+    out = subprocess.run([str(exe), "time", "-model", str(prototxt), "-iterations",
+                          str(iterations)], capture_output=True, text=True, env=env)
+    times = {}
+    for name, kind, ms in re.findall(r"\]\s+(\S+)\s+(forward|backward): ([0-9.]+) ms",
+                                     out.stdout + out.stderr):
+        f, b = times.get(name, (0.0, 0.0))
+        times[name] = (float(ms), b) if kind == "forward" else (f, float(ms))
+    return times
+
+
+def per_layer(net, batch, r, iterations, top=8, exe=None):
+    """`netrun time --json` on the row's net (final Softmax dropped), and `caffe time`'s
+    per-layer figures beside it when the reference Caffe is here: the layer types'
     totals and the slowest layers, forward and backward, as markdown lines."""
     import tempfile
-    from google.protobuf import text_format
-    sys.path.insert(0, str(ROOT))
-    from netrun.io.prototxt import read_net
-    param = strip_softmax(read_net(CASES / NETS[net] / "net.prototxt", warn=lambda m: None).param)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "net.prototxt"
-        path.write_text(text_format.MessageToString(param))
-        cmd = [sys.executable, "-m", "netrun", "time", str(path), "--input-shape",
-               f"{r['input']}={','.join(str(d) for d in r['shape'])}", "-n", str(iterations),
+        path = batch_prototxt(net, batch, tmp)
+        cmd = [sys.executable, "-m", "netrun", "time", str(path), "-n", str(iterations),
                "--force-backward", "--no-check-finite", "--json"]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT),
                              env=dict(os.environ, OPENBLAS_NUM_THREADS=BLAS_THREADS))
+        caffe = caffe_layer_times(exe, path, iterations) if exe else {}
     if out.returncode != 0:
         return [f"`netrun time` failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"]
     data = json.loads(out.stdout)
     layers = data["layers"]
     types = {}
     for l in layers:
-        f, b = types.get(l["type"], (0.0, 0.0))
-        types[l["type"]] = (f + l["forward_ms"], b + (l["backward_ms"] or 0.0))
+        f, b, cf, cb = types.get(l["type"], (0.0, 0.0, 0.0, 0.0))
+        c = caffe.get(l["name"], (0.0, 0.0))
+        types[l["type"]] = (f + l["forward_ms"], b + (l["backward_ms"] or 0.0),
+                            cf + c[0], cb + c[1])
     lines = [f"**{net}, batch {batch}** (`netrun time -n {iterations}`: average forward "
-             f"{data['average_forward_ms']:.1f} ms, backward {data['average_backward_ms']:.1f} ms)", "",
+             f"{data['average_forward_ms']:.1f} ms, backward "
+             f"{data['average_backward_ms']:.1f} ms"
+             + ("; Caffe's per-layer averages from `caffe time` right after" if caffe else "")
+             + ")", "",
              "A BatchNorm -> Scale -> ReLU chain runs as one step, timed on its first layer "
-             "(forward: BatchNorm, backward: ReLU).", "",
-             "| layer type | forward ms | backward ms |", "|---|---|---|"]
-    for t, (f, b) in sorted(types.items(), key=lambda kv: -sum(kv[1]))[:top]:
-        lines.append(f"| {t} | {f:.1f} | {b:.1f} |")
-    lines += ["", "| slowest layers | type | forward ms | backward ms |", "|---|---|---|---|"]
+             "(forward: BatchNorm, backward: ReLU); Caffe times each layer.", "",
+             "| layer type | forward ms | Caffe | backward ms | Caffe |", "|---|---|---|---|---|"]
+    for t, (f, b, cf, cb) in sorted(types.items(), key=lambda kv: -sum(kv[1][:2]))[:top]:
+        lines.append(f"| {t} | {f:.1f} | {cf:.1f} | {b:.1f} | {cb:.1f} |")
+    lines += ["", "| slowest layers | type | forward ms | Caffe | backward ms | Caffe |",
+              "|---|---|---|---|---|---|"]
     for l in sorted(layers, key=lambda l: -(l["forward_ms"] + (l["backward_ms"] or 0)))[:top]:
-        lines.append(f"| {l['name']} | {l['type']} | {l['forward_ms']:.2f} | "
-                     f"{l['backward_ms'] or 0:.2f} |")
+        c = caffe.get(l["name"], (0.0, 0.0))
+        lines.append(f"| {l['name']} | {l['type']} | {l['forward_ms']:.2f} | {c[0]:.2f} | "
+                     f"{l['backward_ms'] or 0:.2f} | {c[1]:.2f} |")
     return lines + [""]
 
 
@@ -284,7 +301,8 @@ def main():
     ap.add_argument("--low-memory", action="store_true")
     ap.add_argument("--torch", action="store_true", help="also time a PyTorch CPU peer")
     ap.add_argument("--per-layer", action="store_true",
-                    help="for rows slower than Caffe, add `netrun time` per-layer figures")
+                    help="for rows slower than Caffe, add `netrun time` per-layer figures "
+                         "(and `caffe time`'s beside them)")
     ap.add_argument("--memory-rows", default="resnet50:8",
                     help="after the timing table, forward-only peak RSS in both modes for "
                          "these net:batch pairs (comma-separated; empty: none)")
@@ -407,7 +425,7 @@ def main():
     if args.per_layer and slow:
         lines += ["", "## Per-layer figures of the rows above Caffe", ""]
         for net, batch, r in slow:
-            lines += per_layer(net, batch, r, args.iterations)
+            lines += per_layer(net, batch, r, args.iterations, exe=exe)
             print("\n".join(lines[-4:]), flush=True)
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
