@@ -53,6 +53,8 @@ CAFFE = {
     ("resnet50", 1): (85.8, 136.0), ("squeezenet", 1): (10.7, 15.7),
     ("mobilenet", 1): (27.6, 48.8), ("caffenet", 8): (157.0, 262.8),
     ("googlenet", 8): (523.3, 638.3), ("resnet50", 8): (970.9, 1486.8),
+    # measured beside netrun on 2026-12-02 (results.md), AMD EPYC Zen 4, 2 cores
+    ("squeezenet", 8): (109.8, 148.0), ("mobilenet", 8): (261.4, 451.0),
 }
 
 
