@@ -209,6 +209,10 @@ def test_element_wise_twins_agree_bit_for_bit(dtype):
         kernels.relu_backward.numpy(dy, x, d0)
     kernels.relu_backward.numba(d1, x, d1)                    # in place
     same(d0, d1, "relu backward")
+    y0, y1 = np.empty(n, dtype), x.copy()
+    kernels.relu_forward.numpy(x, y0)
+    kernels.relu_forward.numba(y1, y1)                        # in place
+    same(y0, y1, "relu forward")
 
 
 @needs_numba

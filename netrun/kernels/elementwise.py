@@ -1,6 +1,9 @@
-"""Element-wise kernels: ordered sums (Split's and Eltwise's) and ReLU's gradient.
+"""Element-wise kernels: ordered sums (Split's and Eltwise's) and ReLU.
 
     sum_into(out, [a0, a1, ...])   out = (a0 + a1) + a2 + ...   (Caffe's order)
+    relu_forward(x, y)             y = max(x, 0)                (numpy's maximum: NaN
+                                                                 stays NaN, -0.0 gives
+                                                                 +0.0)
     relu_backward(dy, x, dx)       dx = dy * (x > 0)            (Caffe's product: a
                                                                  NaN or inf dy where
                                                                  x <= 0 gives NaN)
@@ -21,6 +24,10 @@ def sum_into_numpy(out, arrays):
         for r in rest:
             o += r
     flat_parts(add, out, *arrays)
+
+
+def relu_forward_numpy(x, y):
+    flat_parts(lambda a, o: np.maximum(a, 0, out=o), x, y)
 
 
 def relu_backward_numpy(dy, x, dx):
@@ -64,6 +71,14 @@ def _sum_loop(out, arrays):
 
 
 @jit
+def _relu_forward_loop(x, y, zero):
+    for i in range(x.shape[0]):
+        u = uint64(i)
+        v = x[u]
+        y[u] = v if (v > zero or v != v) else zero          # as np.maximum(v, 0)
+
+
+@jit
 def _relu_backward_loop(dy, x, dx, one, zero):
     for i in range(dy.shape[0]):
         u = uint64(i)
@@ -76,6 +91,17 @@ def sum_into_numba(out, arrays):
     flat_parts(lambda o, *parts: _sum_loop(o, parts), out, *arrays)
 
 
+def _flat_ok(*arrays):
+    return all(a.flags.c_contiguous and a.dtype == arrays[0].dtype for a in arrays)
+
+
+def relu_forward_numba(x, y):
+    if not _flat_ok(x, y):
+        return relu_forward_numpy(x, y)
+    zero = x.dtype.type(0)
+    flat_parts(lambda a, o: _relu_forward_loop(a, o, zero), x, y)
+
+
 def relu_backward_numba(dy, x, dx):
     if not (dy.dtype == x.dtype == dx.dtype and dy.flags.c_contiguous
             and x.flags.c_contiguous and dx.flags.c_contiguous):
@@ -86,4 +112,5 @@ def relu_backward_numba(dy, x, dx):
 
 sum_into = kernel(sum_into_numpy, sum_into_numba,
                   lambda out, arrays: out.nbytes * (1 + len(arrays)))
+relu_forward = kernel(relu_forward_numpy, relu_forward_numba)
 relu_backward = kernel(relu_backward_numpy, relu_backward_numba)
