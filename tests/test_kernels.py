@@ -241,3 +241,22 @@ def test_a_broken_numba_falls_back_to_the_numpy_twins(monkeypatch):
         k(np.zeros(4))
     k(np.zeros(4))
     assert calls == ["numpy", "numpy"] and select.engine() == "numpy"
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chain_step_twins_agree_bit_for_bit(dtype):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 6, 50)).astype(dtype)
+    x[0, 0, :3] = (np.nan, -0.0, np.inf)
+    m, s, b = (rng.standard_normal(6).astype(dtype) for _ in range(3))
+    s[1] = 0
+    view = (slice(None), slice(1, 5))                       # a channel range, as the chains
+    for kern, args in ((kernels.normalize, (m[1:5], s[1:5])),
+                       (kernels.scale_bias, (s[1:5], b[1:5])),
+                       (kernels.scale_bias, (s[1:5], None))):
+        o0, o1 = np.zeros_like(x), np.zeros_like(x)
+        with np.errstate(all="ignore"):
+            kern.numpy(x[view], *args, o0[view])
+            kern.numba(x[view], *args, o1[view])
+        same(o0, o1, kern.__name__)

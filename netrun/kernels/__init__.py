@@ -5,7 +5,8 @@
     depthwise  depthwise convolution backward
     pooling    MAX / AVE / STOCHASTIC pooling forward and backward
     lrn        LRN across channels
-    elementwise  ordered sums (Split, Eltwise), ReLU
+    elementwise  ordered sums (Split, Eltwise), ReLU, the per-channel
+               steps of the BatchNorm -> Scale chains
     layout     shapes, window ranges, wide grids
     scratch    reusable per-thread buffers
     tiles      cache-sized tiles of work on all cores
@@ -16,7 +17,7 @@ call ``kernels.<name>(...)`` and ``select`` runs the twin of the engine in use
 (``kernels.engine()``, ``with kernels.use("numpy"): ...``).
 """
 from .depthwise import dw_wide_backward_data, dw_wide_weight_grad
-from .elementwise import relu_backward, relu_forward, sum_into
+from .elementwise import normalize, relu_backward, relu_forward, scale_bias, sum_into
 from .im2col import col2im_sum, im2col_copy, store_transposed
 from .lrn import lrn_across_backward, lrn_across_forward
 from .pooling import (ave_pool, ave_pool_backward, max_pool_backward, max_pool_select,
@@ -27,4 +28,5 @@ __all__ = ["ENGINES", "engine", "numba_available", "set_engine", "use",
            "ave_pool", "ave_pool_backward", "max_pool_backward", "max_pool_select",
            "select_to_index", "col2im_sum", "im2col_copy", "store_transposed",
            "lrn_across_backward", "lrn_across_forward", "dw_wide_backward_data",
-           "dw_wide_weight_grad", "relu_backward", "relu_forward", "sum_into"]
+           "dw_wide_weight_grad", "relu_backward", "relu_forward", "sum_into", "normalize",
+           "scale_bias"]

@@ -114,3 +114,73 @@ sum_into = kernel(sum_into_numpy, sum_into_numba,
                   lambda out, arrays: out.nbytes * (1 + len(arrays)))
 relu_forward = kernel(relu_forward_numpy, relu_forward_numba)
 relu_backward = kernel(relu_backward_numpy, relu_backward_numba)
+
+
+# -- per-channel affine steps of the fused BatchNorm -> Scale chains ------------------
+# x, out: (N, c, S) views (a range of channels); m, s, b: (c,) per-channel values.
+
+def normalize_numpy(x, m, s, out):
+    """out = (x - m) / s per channel (BatchNorm with global statistics)."""
+    np.subtract(x, m[None, :, None], out=out)
+    np.divide(out, s[None, :, None], out=out)
+
+
+def scale_bias_numpy(x, s, b, out):
+    """out = x * s (+ b) per channel (Scale); b may be None."""
+    np.multiply(x, s[None, :, None], out=out)
+    if b is not None:
+        out += b[None, :, None]
+
+
+@jit
+def _normalize_loop(x, m, s, out):
+    N, C, S = x.shape
+    for n in range(N):
+        for c in range(C):
+            xr, orow = x[n, c], out[n, c]
+            mc, sc = m[c], s[c]
+            for i in range(S):
+                u = uint64(i)
+                t = xr[u] - mc
+                orow[u] = t / sc
+
+
+@jit
+def _scale_bias_loop(x, s, b, out, with_bias):
+    N, C, S = x.shape
+    for n in range(N):
+        for c in range(C):
+            xr, orow = x[n, c], out[n, c]
+            sc = s[c]
+            if with_bias:
+                bc = b[c]
+                for i in range(S):
+                    u = uint64(i)
+                    t = xr[u] * sc
+                    orow[u] = t + bc
+            else:
+                for i in range(S):
+                    u = uint64(i)
+                    orow[u] = xr[u] * sc
+
+
+def _rows_ok(*arrays):
+    """(N, c, S) views whose rows are contiguous, all of one dtype."""
+    return all(a.ndim == 3 and a.strides[2] == a.itemsize and a.dtype == arrays[0].dtype
+               for a in arrays)
+
+
+def normalize_numba(x, m, s, out):
+    if not _rows_ok(x, out) or m.dtype != x.dtype or s.dtype != x.dtype:
+        return normalize_numpy(x, m, s, out)
+    _normalize_loop(x, m, s, out)
+
+
+def scale_bias_numba(x, s, b, out):
+    if not _rows_ok(x, out) or s.dtype != x.dtype or (b is not None and b.dtype != x.dtype):
+        return scale_bias_numpy(x, s, b, out)
+    _scale_bias_loop(x, s, s if b is None else b, out, b is not None)
+
+
+normalize = kernel(normalize_numpy, normalize_numba)
+scale_bias = kernel(scale_bias_numpy, scale_bias_numba)

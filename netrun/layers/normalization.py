@@ -225,13 +225,8 @@ class BatchNorm(Layer):
         self._std, self._xnorm = std, None
         # y = (x - mean) / std in place in the top (in place on x when it is x)
         out = self._view(top[0].data)
-        m3, s3 = mean[None, :, None], std[None, :, None]
-
-        def part(lo, hi):
-            o = out[:, lo:hi]
-            np.subtract(x[:, lo:hi], m3[:, lo:hi], out=o)
-            np.divide(o, s3[:, lo:hi], out=o)
-        return part
+        return lambda lo, hi: kernels.normalize(x[:, lo:hi], mean[lo:hi], std[lo:hi],
+                                                out[:, lo:hi])
 
     def channel_backward(self, top, propagate_down, bottom):
         if not (self.use_global and propagate_down[0]):
@@ -382,18 +377,16 @@ class Scale(Layer):
         kept = _kept_buffer(self, bottom, top)
         self._x = kept
         k3 = None if kept is None else kept.reshape(outer, dim, inner)
-        s = self._scale_blob(bottom).data.reshape(1, dim, 1)
+        s = self._scale_blob(bottom).data.reshape(dim)
         y = top[0].data.reshape(outer, dim, inner)
         x3 = bottom[0].data.reshape(outer, dim, inner)
-        b = self.blobs[-1].data.reshape(1, dim, 1) if self.bias_term else None
+        b = self.blobs[-1].data.reshape(dim) if self.bias_term else None
 
         def part(lo, hi):
             if k3 is not None:
                 np.copyto(k3[:, lo:hi], x3[:, lo:hi])
-            yt = y[:, lo:hi]
-            np.multiply(x3[:, lo:hi], s[:, lo:hi], out=yt)
-            if b is not None:
-                yt += b[:, lo:hi]
+            kernels.scale_bias(x3[:, lo:hi], s[lo:hi], None if b is None else b[lo:hi],
+                               y[:, lo:hi])
         return part
 
     def forward(self, bottom, top):
