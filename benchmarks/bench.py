@@ -1,15 +1,19 @@
-"""Benchmark netrun on the published nets against BVLC Caffe's CPU figures.
+"""Benchmark netrun on the published nets beside BVLC Caffe on the same machine.
 
 Each (net, batch) runs in its own process: one warm-up, then N timed
 iterations; the table gives the median forward and backward times, their
-ratio to `caffe time` on the same kind of machine (2 cores, OpenBLAS), and the
-peak RSS of the process.
+ratio to Caffe, and the peak RSS of the process.  When the reference Caffe of
+../shared/caffe-ref is set up (or NETRUN_CAFFE_REF points at one), `caffe time`
+runs beside netrun in the same run, rows interleaved (netrun, Caffe, netrun,
+...), 2 BLAS threads each, and every row's fastest round is shown; otherwise the
+written-down `caffe time` figures in CAFFE are the yardstick.
 
     python benchmarks/bench.py                      # all rows, 5 iterations
     python benchmarks/bench.py --rounds 3           # every row 3 times, fastest round shown
     python benchmarks/bench.py --iterations 10 --nets caffenet,resnet50 --batches 1
     python benchmarks/bench.py --low-memory         # forward-only peak RSS, both modes
     python benchmarks/bench.py --torch              # add a PyTorch CPU peer (same weights)
+    python benchmarks/bench.py --kernels numba,numpy --rounds 3   # both kernel engines
 
 Writes benchmarks/results.md (and prints it).  The conformance cases'
 net.prototxt are used (deploy nets), without their final Softmax, weights
@@ -40,12 +44,17 @@ NETS = {
     "squeezenet": "net_squeezenet11_deploy",
     "mobilenet": "net_mobilenet_v1_deploy",
 }
-# `caffe time` on this machine kind (ms): (net, batch) -> (forward, backward)
+CAFFE_REF = Path(os.environ.get("NETRUN_CAFFE_REF", ROOT.parent / "shared" / "caffe-ref"))
+BLAS_THREADS = "2"
+# Fallback only (no caffe-ref here): `caffe time` figures written down on an AMD EPYC
+# 2-core machine (ms): (net, batch) -> (forward, backward)
 CAFFE = {
     ("caffenet", 1): (39.9, 57.2), ("googlenet", 1): (47.0, 57.5),
     ("resnet50", 1): (85.8, 136.0), ("squeezenet", 1): (10.7, 15.7),
     ("mobilenet", 1): (27.6, 48.8), ("caffenet", 8): (157.0, 262.8),
     ("googlenet", 8): (523.3, 638.3), ("resnet50", 8): (970.9, 1486.8),
+    # measured beside netrun on 2026-12-02 (results.md), AMD EPYC Zen 4, 2 cores
+    ("squeezenet", 8): (109.8, 148.0), ("mobilenet", 8): (261.4, 451.0),
 }
 
 
@@ -130,49 +139,108 @@ def memory_row(net, batch, iterations):
             f"{b['rss_mb']:.0f} | {b['rss_mb'] / a['rss_mb']:.2f} |")
 
 
-def run_child(net, batch, iterations, extra=()):
+def run_child(net, batch, iterations, extra=(), kernels=None):
     cmd = [sys.executable, __file__, "--worker", "--net", net, "--batch", str(batch),
            "--iterations", str(iterations), *extra]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=BLAS_THREADS)
+    if kernels:
+        env["NETRUN_KERNELS"] = kernels
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def per_layer(net, batch, r, iterations, top=8):
-    """`netrun time --json` on the row's net (final Softmax dropped): the layer types'
-    totals and the slowest layers, forward and backward, as markdown lines."""
-    import tempfile
+def caffe_binary():
+    """The reference Caffe's `caffe` tool, or None when it is not set up."""
+    exe = CAFFE_REF / "bin" / "caffe"
+    return exe if exe.is_file() and os.access(exe, os.X_OK) else None
+
+
+def batch_prototxt(net, batch, folder):
+    """The row's net (final Softmax dropped) with its batch set, as a prototxt file."""
     from google.protobuf import text_format
     sys.path.insert(0, str(ROOT))
     from netrun.io.prototxt import read_net
     param = strip_softmax(read_net(CASES / NETS[net] / "net.prototxt", warn=lambda m: None).param)
+    param.force_backward = True
+    shapes = ([l.input_param.shape[0] for l in param.layer if l.type == "Input"]
+              or list(param.input_shape))
+    for shape in shapes:
+        shape.dim[0] = batch
+    if len(param.input_dim):
+        param.input_dim[0] = batch
+    path = Path(folder) / f"{net}_b{batch}.prototxt"
+    path.write_text(text_format.MessageToString(param))
+    return path
+
+
+def run_caffe(exe, prototxt, iterations):
+    """`caffe time` (2 BLAS threads): {"forward": ms, "backward": ms} (its averages)."""
+    import re
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=BLAS_THREADS, GLOG_logtostderr="1")
+    out = subprocess.run([str(exe), "time", "-model", str(prototxt), "-iterations",
+                          str(iterations)], capture_output=True, text=True, env=env)
+    text = out.stdout + out.stderr
+    f = re.search(r"Average Forward pass: ([0-9.]+) ms", text)
+    b = re.search(r"Average Backward pass: ([0-9.]+) ms", text)
+    if out.returncode != 0 or not (f and b):
+        return {"error": (text.strip().splitlines() or ["caffe failed"])[-1]}
+    return {"forward": float(f.group(1)), "backward": float(b.group(1))}
+
+
+def caffe_layer_times(exe, prototxt, iterations):
+    """{layer name: (forward ms, backward ms)} from `caffe time`'s per-layer lines."""
+    import re
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=BLAS_THREADS, GLOG_logtostderr="1")
+    out = subprocess.run([str(exe), "time", "-model", str(prototxt), "-iterations",
+                          str(iterations)], capture_output=True, text=True, env=env)
+    times = {}
+    for name, kind, ms in re.findall(r"\]\s+(\S+)\s+(forward|backward): ([0-9.]+) ms",
+                                     out.stdout + out.stderr):
+        f, b = times.get(name, (0.0, 0.0))
+        times[name] = (float(ms), b) if kind == "forward" else (f, float(ms))
+    return times
+
+
+def per_layer(net, batch, r, iterations, top=8, exe=None):
+    """`netrun time --json` on the row's net (final Softmax dropped), and `caffe time`'s
+    per-layer figures beside it when the reference Caffe is here: the layer types'
+    totals and the slowest layers, forward and backward, as markdown lines."""
+    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "net.prototxt"
-        path.write_text(text_format.MessageToString(param))
-        cmd = [sys.executable, "-m", "netrun", "time", str(path), "--input-shape",
-               f"{r['input']}={','.join(str(d) for d in r['shape'])}", "-n", str(iterations),
+        path = batch_prototxt(net, batch, tmp)
+        cmd = [sys.executable, "-m", "netrun", "time", str(path), "-n", str(iterations),
                "--force-backward", "--no-check-finite", "--json"]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT),
+                             env=dict(os.environ, OPENBLAS_NUM_THREADS=BLAS_THREADS))
+        caffe = caffe_layer_times(exe, path, iterations) if exe else {}
     if out.returncode != 0:
         return [f"`netrun time` failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"]
     data = json.loads(out.stdout)
     layers = data["layers"]
     types = {}
     for l in layers:
-        f, b = types.get(l["type"], (0.0, 0.0))
-        types[l["type"]] = (f + l["forward_ms"], b + (l["backward_ms"] or 0.0))
+        f, b, cf, cb = types.get(l["type"], (0.0, 0.0, 0.0, 0.0))
+        c = caffe.get(l["name"], (0.0, 0.0))
+        types[l["type"]] = (f + l["forward_ms"], b + (l["backward_ms"] or 0.0),
+                            cf + c[0], cb + c[1])
     lines = [f"**{net}, batch {batch}** (`netrun time -n {iterations}`: average forward "
-             f"{data['average_forward_ms']:.1f} ms, backward {data['average_backward_ms']:.1f} ms)", "",
+             f"{data['average_forward_ms']:.1f} ms, backward "
+             f"{data['average_backward_ms']:.1f} ms"
+             + ("; Caffe's per-layer averages from `caffe time` right after" if caffe else "")
+             + ")", "",
              "A BatchNorm -> Scale -> ReLU chain runs as one step, timed on its first layer "
-             "(forward: BatchNorm, backward: ReLU).", "",
-             "| layer type | forward ms | backward ms |", "|---|---|---|"]
-    for t, (f, b) in sorted(types.items(), key=lambda kv: -sum(kv[1]))[:top]:
-        lines.append(f"| {t} | {f:.1f} | {b:.1f} |")
-    lines += ["", "| slowest layers | type | forward ms | backward ms |", "|---|---|---|---|"]
+             "(forward: BatchNorm, backward: ReLU); Caffe times each layer.", "",
+             "| layer type | forward ms | Caffe | backward ms | Caffe |", "|---|---|---|---|---|"]
+    for t, (f, b, cf, cb) in sorted(types.items(), key=lambda kv: -sum(kv[1][:2]))[:top]:
+        lines.append(f"| {t} | {f:.1f} | {cf:.1f} | {b:.1f} | {cb:.1f} |")
+    lines += ["", "| slowest layers | type | forward ms | Caffe | backward ms | Caffe |",
+              "|---|---|---|---|---|---|"]
     for l in sorted(layers, key=lambda l: -(l["forward_ms"] + (l["backward_ms"] or 0)))[:top]:
-        lines.append(f"| {l['name']} | {l['type']} | {l['forward_ms']:.2f} | "
-                     f"{l['backward_ms'] or 0:.2f} |")
+        c = caffe.get(l["name"], (0.0, 0.0))
+        lines.append(f"| {l['name']} | {l['type']} | {l['forward_ms']:.2f} | {c[0]:.2f} | "
+                     f"{l['backward_ms'] or 0:.2f} | {c[1]:.2f} |")
     return lines + [""]
 
 
@@ -235,75 +303,111 @@ def main():
     ap.add_argument("--low-memory", action="store_true")
     ap.add_argument("--torch", action="store_true", help="also time a PyTorch CPU peer")
     ap.add_argument("--per-layer", action="store_true",
-                    help="for rows slower than Caffe, add `netrun time` per-layer figures")
+                    help="for rows slower than Caffe, add `netrun time` per-layer figures "
+                         "(and `caffe time`'s beside them)")
     ap.add_argument("--memory-rows", default="resnet50:8",
                     help="after the timing table, forward-only peak RSS in both modes for "
                          "these net:batch pairs (comma-separated; empty: none)")
     ap.add_argument("--engine", default="netrun", help=argparse.SUPPRESS)
+    ap.add_argument("--kernels", default="",
+                    help="netrun kernel engines to time, comma-separated (numba, numpy): a "
+                         "column pair each; default: the default engine")
+    ap.add_argument("--written-caffe", action="store_true",
+                    help="compare with the written-down Caffe figures even when the "
+                         "reference Caffe is set up")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    exe = None if args.written_caffe else caffe_binary()
+    engines = [e for e in args.kernels.split(",") if e] or [None]
+    rows = [(net, int(b)) for net in args.nets.split(",") for b in args.batches.split(",")
+            if args.low_memory or exe or (net, int(b)) in CAFFE]
+    caffe_how = (f"`caffe time` of the reference BVLC Caffe ({CAFFE_REF}) run in the same "
+                 "process tree, interleaved with netrun row by row, "
+                 f"OPENBLAS_NUM_THREADS={BLAS_THREADS} for both" if exe else
+                 "Caffe figures: written-down `caffe time` averages, BVLC Caffe, same machine "
+                 "kind (no reference Caffe found to run beside netrun)")
     lines = [f"# netrun benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Machine: {machine()}.", "",
-             f"Median of {args.iterations} iterations after one warm-up, each (net, batch) in "
-             "its own process"
-             + (f", {args.rounds} rounds over all rows, the round with the fastest forward + "
-                "backward shown" if args.rounds > 1 else "")
-             + "; GEMM GF/s: numpy's float32 1500^3 GEMM just before that measurement (the "
-             "machine's state).  Caffe figures: `caffe time` averages, BVLC Caffe, same machine "
-             f"kind.  At the start: {load()}, GEMM {gemm_gflops():.0f} GFLOP/s.", ""]
+             f"netrun: median of {args.iterations} iterations after one warm-up, each (net, "
+             "batch) in its own process.  " + caffe_how + " (Caffe prints averages of "
+             f"{args.iterations} iterations)"
+             + (f"; {args.rounds} rounds over all rows, the fastest round of each column "
+                "shown" if args.rounds > 1 else "")
+             + "; GEMM GF/s: numpy's float32 1500^3 GEMM just before that row (the "
+             f"machine's state).  At the start: {load()}, GEMM {gemm_gflops():.0f} GFLOP/s.", ""]
     if args.low_memory:
         lines += MEMORY_HEAD
     else:
-        head = ("| net | batch | forward ms | Caffe | ratio | backward ms | Caffe | ratio | "
-                "peak RSS MB | GEMM GF/s |")
-        rule = "|---|---|---|---|---|---|---|---|---|---|"
-        if args.rounds > 1:
-            head += " slowest / fastest round |"
-            rule += "---|"
+        names = [e or "netrun" for e in engines]
+        head = "| net | batch | Caffe fwd ms |"
+        for n in names:
+            head += f" {n} fwd ms | ratio |"
+        head += " Caffe bwd ms |"
+        for n in names:
+            head += f" {n} bwd ms | ratio |"
+        head += " peak RSS MB | GEMM GF/s |"
         if args.torch:
             head += " PyTorch fwd | PyTorch bwd |"
-            rule += "---|---|"
-        lines += [head, rule]
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
     slow = []
-    rows = [(net, int(b)) for net in args.nets.split(",") for b in args.batches.split(",")
-            if args.low_memory or (net, int(b)) in CAFFE]
     if args.low_memory:
         for net, batch in rows:
             lines.append(memory_row(net, batch, args.iterations))
             print(lines[-1], flush=True)
     else:
+        import tempfile
+        tmp = tempfile.mkdtemp(prefix="netrun-bench-")
+        protos = {row: batch_prototxt(row[0], row[1], tmp) for row in rows} if exe else {}
         # rounds: every row once per round, so a slow spell of the machine hits one
-        # round of every row rather than every round of one row
-        results = {row: [] for row in rows}
+        # round of every row rather than every round of one row; Caffe right after
+        # netrun on each row, so both see the same moment
+        results = {(row, e): [] for row in rows for e in engines + ["caffe"]}
+        gemm = {row: [] for row in rows}
+        log = []
         for rnd in range(args.rounds):
-            for net, batch in rows:
-                gf = gemm_gflops(reps=3)        # the machine's state for this run
-                r = run_child(net, batch, args.iterations)
-                r["gemm"] = gf
-                results[(net, batch)].append(r)
-                if args.rounds > 1:
-                    print(f"round {rnd + 1}: {net} {batch}: " + (
-                        r["error"] if "error" in r else
-                        f"{r['forward']:.1f} / {r['backward']:.1f} ms (GEMM {gf:.0f})"), flush=True)
-        for net, batch in rows:
-            cf, cb = CAFFE[(net, batch)]
-            runs = results[(net, batch)]
-            bad = [r for r in runs if "error" in r]
-            if bad:
-                line = f"| {net} | {batch} | error: {bad[0]['error']} | {cf} | | | {cb} | | | |"
-            else:
-                # the round with the fastest forward + backward (and its own GEMM figure)
-                r = min(runs, key=lambda r: r["forward"] + r["backward"])
-                if r["forward"] > cf or r["backward"] > cb:
-                    slow.append((net, batch, r))
-                line = (f"| {net} | {batch} | {r['forward']:.1f} | {cf} | "
-                        f"{r['forward'] / cf:.2f} | {r['backward']:.1f} | {cb} | "
-                        f"{r['backward'] / cb:.2f} | {r['rss_mb']:.0f} | {r['gemm']:.0f} |")
-                if args.rounds > 1:
-                    tot = [x["forward"] + x["backward"] for x in runs]
-                    line += f" {max(tot) / min(tot):.2f} |"
+            for row in rows:
+                net, batch = row
+                gemm[row].append(gemm_gflops(reps=3))
+                for e in engines:
+                    results[(row, e)].append(run_child(net, batch, args.iterations, kernels=e))
+                if exe:
+                    results[(row, "caffe")].append(run_caffe(exe, protos[row], args.iterations))
+                else:
+                    cf, cb = CAFFE[row]
+                    results[(row, "caffe")].append({"forward": cf, "backward": cb})
+                log.append(f"round {rnd + 1}: {net} {batch}: " + "; ".join(
+                    f"{e or 'netrun'} " + (r["error"] if "error" in r else
+                                           f"{r['forward']:.1f} / {r['backward']:.1f} ms")
+                    for e in engines + ["caffe"] for r in results[(row, e)][-1:])
+                    + f" (GEMM {gemm[row][-1]:.0f} GF/s)")
+                print(log[-1], flush=True)
+
+        def best(runs, key):
+            ok = [r[key] for r in runs if "error" not in r]
+            return min(ok) if ok else None
+
+        for row in rows:
+            net, batch = row
+            err = [r["error"] for e in engines + ["caffe"] for r in results[(row, e)]
+                   if "error" in r]
+            if err:
+                line = f"| {net} | {batch} | error: {err[0]} |"
+                lines.append(line)
+                print(line, flush=True)
+                continue
+            line = f"| {net} | {batch} |"
+            for key in ("forward", "backward"):
+                c = best(results[(row, "caffe")], key)
+                line += f" {c:.1f} |"
+                for e in engines:
+                    v = best(results[(row, e)], key)
+                    line += f" {v:.1f} | {v / c:.2f} |"
+                    if v > c and e == engines[0] and (net, batch) not in [x[:2] for x in slow]:
+                        slow.append((net, batch, results[(row, e)][0]))
+            rss = max(r["rss_mb"] for r in results[(row, engines[0])])
+            line += f" {rss:.0f} | {max(gemm[row]):.0f} |"
             if args.torch:
                 t = run_child(net, batch, args.iterations, ["--engine", "torch"])
                 line += (f" error: {t['error']} | |" if "error" in t else
@@ -311,6 +415,9 @@ def main():
             lines.append(line)
             print(line, flush=True)
     lines += ["", f"At the end of the table: {load()}, GEMM {gemm_gflops():.0f} GFLOP/s."]
+    if not args.low_memory:
+        lines += ["", "## Every round (forward / backward ms; each row's runs back to back)",
+                  "", "```"] + log + ["```"]
     if not args.low_memory and args.memory_rows:
         lines += ["", "## Forward-only peak RSS: default vs --low-memory", ""] + MEMORY_HEAD
         for item in args.memory_rows.split(","):
@@ -320,7 +427,7 @@ def main():
     if args.per_layer and slow:
         lines += ["", "## Per-layer figures of the rows above Caffe", ""]
         for net, batch, r in slow:
-            lines += per_layer(net, batch, r, args.iterations)
+            lines += per_layer(net, batch, r, args.iterations, exe=exe)
             print("\n".join(lines[-4:]), flush=True)
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)

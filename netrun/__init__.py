@@ -12,7 +12,7 @@ import sys as _sys
 import warnings as _warnings
 
 # Idle OpenBLAS workers spin on the cores for ~0.1 s after each GEMM, starving the
-# element-wise tiles netrun runs on the same cores (see layers/_tiles.py).  The
+# element-wise tiles netrun runs on the same cores (see kernels/tiles.py).  The
 # shortest spin only makes them sleep sooner; it must be set before numpy loads.
 if "numpy" not in _sys.modules:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")

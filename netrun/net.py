@@ -37,10 +37,10 @@ import numpy as np
 
 from .blob import Blob
 from .errors import LayerError, NetrunError
+from .kernels.scratch import release_scratch
+from .kernels.tiles import channel_tiles
 from .layers import Context, Layer, layer_class_for, registered_types
 from .layers.forks import FORK_LAYERS
-from .layers._tiles import channel_tiles
-from .layers.vision import release_scratch
 from .proto import caffe_pb2
 
 PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}

@@ -9,6 +9,7 @@ information: on another CPU kind than the goldens' the net backward arrays excee
 import pytest
 
 import conformance as C
+from netrun import kernels
 
 CASES = C.case_dirs()
 WORST = {}
@@ -39,6 +40,14 @@ def _params():
 if not CASES:
     pytest.skip(f"no conformance cases: {C.shared_cases_dir()} does not exist and "
                 "tests/data/conformance is empty", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True, params=[e for e in kernels.ENGINES
+                                      if e == "numpy" or kernels.numba_available()])
+def kernel_engine(request):
+    """Every case on both kernel engines (compiled and numpy)."""
+    with kernels.use(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("name,route", _params())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import netrun
-from netrun.layers import _tiles
+from netrun.kernels import tiles as _tiles
 
 NET = """
 name: "chains"

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from netrun.layers import _tiles
+from netrun.kernels import tiles as _tiles
 
 
 @pytest.fixture

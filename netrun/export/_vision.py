@@ -19,7 +19,7 @@
 """
 import numpy as np
 
-from ..layers.vision import PoolGeometry
+from ..kernels.pooling import PoolGeometry
 from ..proto import caffe_pb2
 from .onnx import converter
 

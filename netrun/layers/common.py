@@ -3,21 +3,12 @@ import math
 
 import numpy as np
 
+from .. import kernels
 from ..errors import LayerError, check
+from ..kernels.tiles import flat_parts, run_tiles
 from .base import Layer, canonical_axis, register
-from ._tiles import flat_parts, run_tiles
 
 ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX = 0, 1, 2
-
-
-def sum_into(out, arrays):
-    """out = a0 + a1 + ... (two or more, added in this order, as Caffe), in pieces on
-    all cores when large."""
-    def add(o, a, b, *rest):
-        np.add(a, b, out=o)
-        for r in rest:
-            o += r
-    flat_parts(add, out, *arrays)
 
 
 @register("Split")
@@ -46,7 +37,7 @@ class Split(Layer):
         if len(top) == 1:
             out[...] = top[0].diff
             return
-        sum_into(out, [t.diff for t in top])
+        kernels.sum_into(out, [t.diff for t in top])
 
 
 @register("Silence")
@@ -101,7 +92,7 @@ class Eltwise(Layer):
         out = top[0].data
         if (self.op == ELTWISE_SUM and all(c == 1 for c in self.coeff)
                 and not any(np.shares_memory(out, x) for x in xs[1:])):
-            sum_into(out, xs)
+            kernels.sum_into(out, xs)
         elif self.op == ELTWISE_SUM:
             acc = xs[0] * self.dtype.type(self.coeff[0]) if self.coeff[0] != 1 else xs[0].copy()
             for c, x in zip(self.coeff[1:], xs[1:]):

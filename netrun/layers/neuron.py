@@ -8,10 +8,10 @@ import math
 
 import numpy as np
 
+from .. import kernels
 from ..errors import LayerError, check
 from ..proto import caffe_pb2
 from .base import Layer, register
-from ._tiles import flat_parts
 
 
 class NeuronLayer(Layer):
@@ -53,7 +53,7 @@ class ReLU(NeuronLayer):
         if self.in_place(bottom, top) and self.slope < 0:
             self._mask = x > 0
         if self.slope == 0:
-            flat_parts(lambda a, y: np.maximum(a, 0, out=y), x, top[0].data)
+            kernels.relu_forward(x, top[0].data)
         else:
             top[0].data[...] = np.where(x > 0, x, x * self.dtype.type(self.slope))
 
@@ -66,22 +66,21 @@ class ReLU(NeuronLayer):
         if self.slope != 0 or dims is None:
             return None
         x, y = bottom[0].data.reshape(dims), top[0].data.reshape(dims)
-        return lambda lo, hi: np.maximum(x[:, lo:hi], 0, out=y[:, lo:hi])
+        return lambda lo, hi: kernels.relu_forward(x[:, lo:hi], y[:, lo:hi])
 
     def channel_backward(self, top, propagate_down, bottom):
         dims = self.channel_dims(bottom)
         if self.slope != 0 or dims is None or not propagate_down[0]:
             return None
         dy, x, dx = (a.reshape(dims) for a in (top[0].diff, bottom[0].data, bottom[0].diff))
-        return lambda lo, hi: np.multiply(dy[:, lo:hi], x[:, lo:hi] > 0, out=dx[:, lo:hi])
+        return lambda lo, hi: kernels.relu_backward(dy[:, lo:hi], x[:, lo:hi], dx[:, lo:hi])
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         dy = top[0].diff
         if self.slope == 0:             # Caffe's dy * (x > 0), in place when it can be
-            flat_parts(lambda d, a, dx: np.multiply(d, a > 0, out=dx),
-                       dy, bottom[0].data, bottom[0].diff)
+            kernels.relu_backward(dy, bottom[0].data, bottom[0].diff)
             return
         # the mask kept by forward (in place, negative slope), else x > 0
         in_place_mask = self._mask is not None and self.in_place(bottom, top)

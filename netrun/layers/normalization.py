@@ -7,72 +7,14 @@ import math
 
 import numpy as np
 
+from .. import kernels
 from ..errors import LayerError, check
-from ._tiles import channel_tiles, run_tiles, tile_ranges
+from ..kernels.lrn import _window_sum
+from ..kernels.tiles import channel_tiles
 from .base import Layer, canonical_axis, register
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
 F64 = np.float64
-
-
-def _window_sum(a, axis, size, before):
-    """out[c] = sum_{j = c - before}^{c - before + size - 1} a[j] along ``axis``,
-    with zeros outside ``a``: one cumulative sum (float64), then a difference.
-
-    For an odd ``size`` and ``before = (size - 1) / 2`` the window is centred and
-    the operation is its own adjoint (used by the backward passes).
-    """
-    n = a.shape[axis]
-    if size > n + 1:
-        # a window longer than the axis: clamp the window ends instead of padding
-        # with zeros (the same sums, without a buffer as long as the window)
-        shape = list(a.shape)
-        shape[axis] = 1
-        cs = np.cumsum(np.concatenate([np.zeros(shape, F64), np.asarray(a, F64)], axis=axis),
-                       axis=axis)
-        c = np.arange(n)
-        return (np.take(cs, np.clip(c - before + size, 0, n), axis=axis)
-                - np.take(cs, np.clip(c - before, 0, n), axis=axis))
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (before + 1, size - 1 - before)     # the extra leading 0 starts the cumsum
-    cs = np.cumsum(np.pad(np.asarray(a, F64), pad), axis=axis)
-    hi = [slice(None)] * a.ndim
-    lo = [slice(None)] * a.ndim
-    hi[axis] = slice(size, size + n)
-    lo[axis] = slice(0, n)
-    return cs[tuple(hi)] - cs[tuple(lo)]
-
-
-def _channel_window_sum(a, size, before, out=None, dtype=None):
-    """out[:, c] = sum_{j = c - before}^{c - before + size - 1} a[:, j] (zeros outside),
-    in ``dtype`` (default a's): the window sum over channels as ``size`` shifted
-    slice additions (no padded copy); long windows use the float64 cumulative sum."""
-    dtype = np.dtype(dtype or a.dtype)
-    if size > 9:
-        r = _window_sum(a, 1, size, before)
-        if out is None:
-            return r.astype(dtype)
-        np.copyto(out, r)
-        return out
-    if out is None:
-        out = np.empty(a.shape, dtype)
-    np.copyto(out, a)
-    C = a.shape[1]
-    for d in range(1, min(before, C - 1) + 1):             # channels c - d
-        out[:, d:] += a[:, :C - d]
-    for d in range(1, min(size - 1 - before, C - 1) + 1):  # channels c + d
-        out[:, :C - d] += a[:, d:]
-    return out
-
-
-# LRN runs over tiles of spatial positions (all images and channels) this large:
-# its dozen passes then stay in the caches
-LRN_TILE_BYTES = 1 << 20
-
-
-def _spatial_tiles(shape, item_bytes):
-    N, C, S = shape
-    return tile_ranges(S, N * C * item_bytes, LRN_TILE_BYTES)
 
 
 def _kept_buffer(layer, bottom, top):
@@ -174,20 +116,10 @@ class LRN(Layer):
             scale, powed = self._scale, self._pow       # reused between forwards
             if scale is None or scale.shape != x.shape or scale.dtype != x.dtype:
                 scale, powed = np.empty_like(x), np.empty_like(x)
-            y = top[0].data
-            x3, s3, p3, y3 = (a.reshape(a.shape[0], a.shape[1], -1) for a in (x, scale, powed, y))
-
-            def tile(a, b):
-                xt, st, pt = x3[:, :, a:b], s3[:, :, a:b], p3[:, :, a:b]
-                # the window sum in float64 (exact squares, then one rounding): the
-                # forward values decide near-ties in the max-pools and ReLUs after it
-                win = _channel_window_sum(np.square(xt), self.size, self.pre_pad, dtype=F64)
-                win *= self.alpha / self.size
-                win += self.k
-                np.copyto(st, win)
-                np.power(st, dt(-self.beta), out=pt)
-                np.multiply(xt, pt, out=y3[:, :, a:b])
-            run_tiles(tile, _spatial_tiles(x3.shape, 8))
+            x3, s3, p3, y3 = (a.reshape(a.shape[0], a.shape[1], -1)
+                              for a in (x, scale, powed, top[0].data))
+            kernels.lrn_across_forward(x3, s3, p3, y3, self.size, self.pre_pad, self.alpha,
+                                       dt(-self.beta), self.k)
             self._scale, self._pow = scale, powed
             return
         sq = np.square(x)
@@ -210,19 +142,7 @@ class LRN(Layer):
             coef = dt(2.0 * self.alpha * self.beta / self.size)
             x3, dy3, s3, p3, dx3 = (a.reshape(a.shape[0], a.shape[1], -1)
                                     for a in (x, dy, scale, powed, bottom[0].diff))
-
-            def tile(a, b):
-                xt, dyt, pt = x3[:, :, a:b], dy3[:, :, a:b], p3[:, :, a:b]
-                ratio = np.multiply(xt, pt)                 # y
-                ratio *= dyt
-                ratio /= s3[:, :, a:b]                      # dE/dy * y / s
-                acc = _channel_window_sum(ratio, self.size, self.pre_pad)
-                acc *= xt
-                acc *= coef
-                dxt = dx3[:, :, a:b]
-                np.multiply(dyt, pt, out=dxt)               # in place: dy is dx
-                dxt -= acc
-            run_tiles(tile, _spatial_tiles(x3.shape, 4))
+            kernels.lrn_across_backward(x3, dy3, s3, p3, dx3, self.size, self.pre_pad, coef)
         else:
             dpool = (dy * x) * (powed / scale) * dt(-self.beta * self.alpha)
             acc = _window_sum(_window_sum(dpool, 2, self.size, self.pre_pad),
@@ -305,13 +225,8 @@ class BatchNorm(Layer):
         self._std, self._xnorm = std, None
         # y = (x - mean) / std in place in the top (in place on x when it is x)
         out = self._view(top[0].data)
-        m3, s3 = mean[None, :, None], std[None, :, None]
-
-        def part(lo, hi):
-            o = out[:, lo:hi]
-            np.subtract(x[:, lo:hi], m3[:, lo:hi], out=o)
-            np.divide(o, s3[:, lo:hi], out=o)
-        return part
+        return lambda lo, hi: kernels.normalize(x[:, lo:hi], mean[lo:hi], std[lo:hi],
+                                                out[:, lo:hi])
 
     def channel_backward(self, top, propagate_down, bottom):
         if not (self.use_global and propagate_down[0]):
@@ -462,18 +377,16 @@ class Scale(Layer):
         kept = _kept_buffer(self, bottom, top)
         self._x = kept
         k3 = None if kept is None else kept.reshape(outer, dim, inner)
-        s = self._scale_blob(bottom).data.reshape(1, dim, 1)
+        s = self._scale_blob(bottom).data.reshape(dim)
         y = top[0].data.reshape(outer, dim, inner)
         x3 = bottom[0].data.reshape(outer, dim, inner)
-        b = self.blobs[-1].data.reshape(1, dim, 1) if self.bias_term else None
+        b = self.blobs[-1].data.reshape(dim) if self.bias_term else None
 
         def part(lo, hi):
             if k3 is not None:
                 np.copyto(k3[:, lo:hi], x3[:, lo:hi])
-            yt = y[:, lo:hi]
-            np.multiply(x3[:, lo:hi], s[:, lo:hi], out=yt)
-            if b is not None:
-                yt += b[:, lo:hi]
+            kernels.scale_bias(x3[:, lo:hi], s[lo:hi], None if b is None else b[lo:hi],
+                               y[:, lo:hi])
         return part
 
     def forward(self, bottom, top):
