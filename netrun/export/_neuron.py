@@ -33,19 +33,13 @@ def relu(ctx):
         ctx.g.node("Relu", [ctx.x], out=ctx.out)
 
 
-@converter("Sigmoid")
-def sigmoid(ctx):
-    ctx.g.node("Sigmoid", [ctx.x], out=ctx.out)
+ONE_OP = {"Sigmoid": "Sigmoid", "TanH": "Tanh", "AbsVal": "Abs"}   # Caffe type -> ONNX op
 
 
-@converter("TanH")
-def tanh(ctx):
-    ctx.g.node("Tanh", [ctx.x], out=ctx.out)
-
-
-@converter("AbsVal")
-def absval(ctx):
-    ctx.g.node("Abs", [ctx.x], out=ctx.out)
+@converter(*ONE_OP)
+def one_op(ctx):
+    """Layers that are one parameterless ONNX operator with Caffe's formula."""
+    ctx.g.node(ONE_OP[ctx.lp.type], [ctx.x], out=ctx.out)
 
 
 @converter("ELU")

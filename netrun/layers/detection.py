@@ -117,6 +117,18 @@ class Permute(Layer):
             bottom[0].diff[...] = top[0].diff.transpose(self.inverse)
 
 
+def _hw_pair(p, both, h, w):
+    """PriorBox's (h, w) from ``both`` or from ``h`` and ``w`` (not both forms); None if unset."""
+    if p.HasField(h) or p.HasField(w):
+        check(not p.HasField(both), f"give {both} or {h}/{w}, not both")
+        check(getattr(p, h) > 0 and getattr(p, w) > 0, f"{h} and {w} must be positive")
+        return getattr(p, h), getattr(p, w)
+    if p.HasField(both):
+        check(getattr(p, both) > 0, f"{both} must be positive")
+        return getattr(p, both), getattr(p, both)
+    return None
+
+
 def _aspect_ratios(p):
     ars = [1.0]
     for ar in p.aspect_ratio:
@@ -164,24 +176,10 @@ class PriorBox(Layer):
         check(len(p.variance) in (0, 1, 4), "give 1 or 4 variances")
         check(all(v > 0 for v in p.variance), "variances must be positive")
         self.variance = list(p.variance) or [0.1]
-        if p.HasField("img_h") or p.HasField("img_w"):
-            check(not p.HasField("img_size"), "give img_size or img_h/img_w, not both")
-            check(p.img_h > 0 and p.img_w > 0, "img_h and img_w must be positive")
-            self.img = (int(p.img_h), int(p.img_w))
-        elif p.HasField("img_size"):
-            check(p.img_size > 0, "img_size must be positive")
-            self.img = (int(p.img_size), int(p.img_size))
-        else:
-            self.img = None
-        if p.HasField("step_h") or p.HasField("step_w"):
-            check(not p.HasField("step"), "give step or step_h/step_w, not both")
-            check(p.step_h > 0 and p.step_w > 0, "step_h and step_w must be positive")
-            self.step = (float(p.step_h), float(p.step_w))
-        elif p.HasField("step"):
-            check(p.step > 0, "step must be positive")
-            self.step = (float(p.step), float(p.step))
-        else:
-            self.step = None
+        img = _hw_pair(p, "img_size", "img_h", "img_w")
+        self.img = tuple(int(v) for v in img) if img else None
+        step = _hw_pair(p, "step", "step_h", "step_w")
+        self.step = tuple(float(v) for v in step) if step else None
         self.offset = F32(p.offset)
         self.clip = bool(p.clip)
 
