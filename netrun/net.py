@@ -37,7 +37,7 @@ import numpy as np
 
 from .blob import Blob
 from .errors import LayerError, NetrunError
-from .kernels.scratch import release_scratch
+from . import steps
 from .kernels.tiles import channel_tiles
 from .layers import Context, Layer, layer_class_for, registered_types
 from .layers.forks import FORK_LAYERS
@@ -749,7 +749,39 @@ class Net:
                                                    self._bottoms(k))
         return self._run_chain(order, prepare)
 
-    def forward(self, blobs=None, start=None, end=None, on_layer=None, timer=None, **inputs):
+    def _plan(self, direction, s, e, fuse):
+        """The segments of a pass over layers s..e, in run order (see netrun.steps):
+        forward (lo, hi) with lo <= hi, backward (hi, lo) with hi >= lo; a segment of
+        several layers is an in-place chain that may run fused.  Made once per pass kind."""
+        key = (direction, s, e, fuse)
+        plans = self.__dict__.setdefault("_plans", {})
+        if key in plans:
+            return plans[key]
+        segs = []
+        if fuse:
+            self._chain_spans()
+        if direction == "forward":
+            ends = self._span_end if fuse else {}
+            li = s
+            while li <= e:
+                hi = min(ends.get(li, li), e)
+                segs.append((li, hi))
+                li = hi + 1
+        else:
+            starts = self._span_start if fuse else {}
+            li = s
+            while li >= e:
+                lo = max(starts.get(li, li), e)
+                segs.append((li, lo))
+                li = lo - 1
+        plans[key] = segs
+        return segs
+
+    def _fuses(self, obs):
+        return not self.check_finite and not any(o.per_layer for o in obs)
+
+    def forward(self, blobs=None, start=None, end=None, on_layer=None, timer=None,
+                observers=(), **inputs):
         """Run layers ``start``..``end`` (names or indices, inclusive).
 
         Keyword arguments are arrays for input blobs.  Returns a dict of the
@@ -759,53 +791,58 @@ class Net:
         every other blob is freed as soon as its last reader has run.
         ``on_layer(i)`` is called after layer ``i`` has run (and makes every layer
         run on its own); ``timer(indices)`` after each step, a layer or a chain of
-        in-place layers run together (see _chain_spans).
+        in-place layers run together; ``observers``: more netrun.steps.Observer.
         """
         for name, arr in inputs.items():
             self.set_input(name, arr)
         s = self._layer_index(start, 0)
         e = self._layer_index(end, len(self.layers) - 1)
-        free_after = {}
+        obs = steps.observers(observers, on_layer, timer)
         if self.inference:
-            keep = set(self.outputs) | set(blobs or ())
-            for name, li in self.last_uses().items():
-                if name not in keep:
-                    free_after.setdefault(li, []).append(name)
+            obs.append(steps.FreeDead(self, set(self.outputs) | set(blobs or ())))
         loss = 0.0
-        # in-place chains run fused unless each layer must be seen on its own
-        ends = {}
-        if on_layer is None and not self.check_finite:
-            self._chain_spans()
-            ends = self._span_end
-        li = s
-        while li <= e:
-            ran = self._forward_chain(li, min(ends[li], e)) if li in ends else 0
-            if not ran:
-                loss += self.forward_layer(li)
-                ran = 1
-            if timer is not None:
-                timer(range(li, li + ran))
-            for k in range(li, li + ran):
-                if on_layer is not None:
-                    on_layer(k)
-                for name in free_after.get(k, ()):
-                    self.blobs[name].free()
-            if self.inference:
-                release_scratch()     # column buffers too: only one layer's at a time
-            li += ran
+        for lo, hi in self._plan("forward", s, e, self._fuses(obs)):
+            li = lo
+            while li <= hi:
+                ran = self._forward_chain(li, hi) if li < hi else 0
+                if not ran:
+                    for o in obs:
+                        o.before_layer(li)
+                    loss += self.forward_layer(li)
+                    ran = 1
+                step = steps.Step(range(li, li + ran))
+                for o in obs:
+                    o.after(step)
+                li += ran
         self.loss = loss
         base = list(self.top_ids[e]) if end is not None else list(self.outputs)  # as pycaffe
         wanted = base + [b for b in (blobs or []) if b not in base]
         return OrderedDict((n, self.blobs[n].data) for n in wanted)
 
+    def backward_layer(self, li):
+        """Run layer ``li`` backward (if it needs it); watch its diffs for NaN/Inf."""
+        if not self.layer_need_backward[li]:
+            return False
+        layer = self.layers[li]
+        self._call(li, layer.backward, self._tops(li), self.bottom_need_backward[li],
+                   self._bottoms(li))
+        if self.check_finite:
+            arrays = [(n, self.blobs[n].diff) for j, n in enumerate(self.bottom_ids[li])
+                      if self.bottom_need_backward[li][j]]
+            arrays += [(f"parameter {k}", b.diff) for k, b in enumerate(layer.blobs)
+                       if layer.param_propagate_down[k]]
+            self._watch(li, "backward", "diff of", arrays)
+        return True
+
     def backward(self, diffs=None, start=None, end=None, on_layer=None, timer=None,
-                 **top_diffs):
+                 observers=(), **top_diffs):
         """Run backward from layer ``start`` down to ``end`` (inclusive).
 
         Keyword arguments set the diffs of output blobs first.  Returns a dict of
         the input blobs' diffs -- with ``end``, of that layer's bottoms, as pycaffe --
         plus the blobs named in ``diffs``.  ``on_layer(i)``
-        is called after layer ``i`` has run backward.
+        is called after layer ``i`` has run backward; ``timer`` and ``observers``
+        as in forward.
         """
         for name, arr in top_diffs.items():
             if name not in self.blobs:
@@ -819,33 +856,21 @@ class Net:
             self.blobs[name].diff[...] = arr
         s = self._layer_index(start, len(self.layers) - 1)
         e = self._layer_index(end, 0)
-        starts = {}
-        if on_layer is None and not self.check_finite:
-            self._chain_spans()
-            starts = self._span_start
-        li = s
-        while li >= e:
-            ran = self._backward_chain(li, max(starts[li], e)) if li in starts else 0
-            if ran:
-                if timer is not None:
-                    timer(range(li, li - ran, -1))
+        obs = steps.observers(observers, on_layer, timer)
+        for hi, lo in self._plan("backward", s, e, self._fuses(obs)):
+            li = hi
+            while li >= lo:
+                ran = self._backward_chain(li, lo) if li > lo else 0
+                if ran:
+                    step = steps.Step(range(li, li - ran, -1))
+                else:
+                    for o in obs:
+                        o.before_layer(li)
+                    step = steps.Step(range(li, li - 1, -1), self.backward_layer(li))
+                    ran = 1
+                for o in obs:
+                    o.after(step)
                 li -= ran
-                continue
-            if self.layer_need_backward[li]:
-                layer = self.layers[li]
-                self._call(li, layer.backward, self._tops(li), self.bottom_need_backward[li],
-                           self._bottoms(li))
-                if self.check_finite:
-                    arrays = [(n, self.blobs[n].diff) for j, n in enumerate(self.bottom_ids[li])
-                              if self.bottom_need_backward[li][j]]
-                    arrays += [(f"parameter {k}", b.diff) for k, b in enumerate(layer.blobs)
-                               if layer.param_propagate_down[k]]
-                    self._watch(li, "backward", "diff of", arrays)
-                if on_layer is not None:
-                    on_layer(li)
-                if timer is not None:
-                    timer((li,))
-            li -= 1
         base = list(self.bottom_ids[e]) if end is not None else list(self.inputs)  # as pycaffe
         wanted = base + [b for b in (diffs or []) if b not in base]
         return OrderedDict((n, self.blobs[n].diff) for n in wanted)

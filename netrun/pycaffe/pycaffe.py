@@ -21,6 +21,7 @@ from ..errors import NetrunError
 from ..layers import registered_types
 from ..layers.data import PyLayerBase as Layer   # noqa: F401  (caffe.Layer)
 from ..proto import caffe_pb2
+from ..steps import Callbacks
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 __version__ = "1.0.0"          # the pycaffe API version this module follows
@@ -232,45 +233,24 @@ class Net(_net.Net):
     def after_backward(self, fn):
         self._callbacks["after_backward"].append(fn)
 
-    def forward(self, blobs=None, start=None, end=None, on_layer=None, timer=None, **kwargs):
+    def forward(self, blobs=None, start=None, end=None, on_layer=None, timer=None,
+                observers=(), **kwargs):
         s = self._layer_index(start, 0)
         e = self._layer_index(end, len(self.layers) - 1)
         self._feed_memory(s, e)
         cbs = self._callbacks
-        if not (cbs["before_forward"] or cbs["after_forward"]) or on_layer or timer:
-            return super().forward(blobs=blobs, start=start, end=end, on_layer=on_layer,
-                                   timer=timer, **kwargs)
-        for name, arr in kwargs.items():
-            self.set_input(name, arr)
-        loss = 0.0
-        for li in range(s, e + 1):          # layer by layer, for the callbacks
-            for fn in cbs["before_forward"]:
-                fn(li)
-            loss += self.forward_layer(li)
-            for fn in cbs["after_forward"]:
-                fn(li)
-        self.loss = loss
-        base = list(self.top_ids[e]) if end is not None else list(self.outputs)
-        wanted = base + [b for b in (blobs or []) if b not in base]
-        return OrderedDict((n, self.blobs[n].data) for n in wanted)
+        if cbs["before_forward"] or cbs["after_forward"]:      # layer by layer, as Caffe
+            observers = [*observers, Callbacks(cbs["before_forward"], cbs["after_forward"])]
+        return super().forward(blobs=blobs, start=start, end=end, on_layer=on_layer,
+                               timer=timer, observers=observers, **kwargs)
 
-    def backward(self, diffs=None, start=None, end=None, on_layer=None, timer=None, **kwargs):
+    def backward(self, diffs=None, start=None, end=None, on_layer=None, timer=None,
+                 observers=(), **kwargs):
         cbs = self._callbacks
-        if not (cbs["before_backward"] or cbs["after_backward"]) or on_layer or timer:
-            return super().backward(diffs=diffs, start=start, end=end, on_layer=on_layer,
-                                    timer=timer, **kwargs)
-        s = self._layer_index(start, len(self.layers) - 1)
-        e = self._layer_index(end, 0)
-        out = None
-        for li in range(s, e - 1, -1):
-            for fn in cbs["before_backward"]:
-                fn(li)
-            out = super().backward(diffs=diffs, start=li, end=li, **(kwargs if li == s else {}))
-            for fn in cbs["after_backward"]:
-                fn(li)
-        base = list(self.bottom_ids[e]) if end is not None else list(self.inputs)
-        wanted = base + [b for b in (diffs or []) if b not in base]
-        return OrderedDict((n, self.blobs[n].diff) for n in wanted) if out is not None else {}
+        if cbs["before_backward"] or cbs["after_backward"]:
+            observers = [*observers, Callbacks(cbs["before_backward"], cbs["after_backward"])]
+        return super().backward(diffs=diffs, start=start, end=end, on_layer=on_layer,
+                                timer=timer, observers=observers, **kwargs)
 
     def _forward(self, start, end):
         """pycaffe's ``ForwardFromTo``: run layers start..end; returns the loss."""
