@@ -622,6 +622,22 @@ def _ave_pool_loops(x, y, size, lo, hi, kh, kw, sh, sw, ph, pw, zero, xph):
                 yr[uint64(j)] = acc[uint64(j)] / sr[uint64(j)]
 
 
+@jit
+def _global_ave_loops(x, y, size, lo, hi, zero):
+    # x (planes, H*W): y[p] = (((0 + x[p, 0]) + x[p, 1]) + ...) / size; eight planes
+    # at a time (independent sums: the adds overlap, each in its own order)
+    n = x.shape[1]
+    acc = np.empty(8, x.dtype)
+    for p0 in range(lo, hi, 8):
+        m = min(8, hi - p0)
+        acc[:] = zero
+        for k in range(n):
+            for q in range(m):
+                acc[q] += x[p0 + q, k]
+        for q in range(m):
+            y[p0 + q] = acc[q] / size
+
+
 def ave_pool_numba(x, g, out=None):
     N, C = x.shape[:2]
     NC = N * C
@@ -632,6 +648,12 @@ def ave_pool_numba(x, g, out=None):
     x3 = np.ascontiguousarray(x).reshape(NC, g.H, g.W)
     y3 = y.reshape(NC, g.oh, g.ow)
     zero = x.dtype.type(0)
+    if (g.oh, g.ow, g.ph, g.pw) == (1, 1, 0, 0) and g.kh >= g.H and g.kw >= g.W:
+        # global pooling: each plane's sum in row-major order, planes side by side
+        x2, y1 = x3.reshape(NC, -1), y3.reshape(NC)
+        run_tiles(lambda lo, hi: _global_ave_loops(x2, y1, size[0, 0], lo, hi, zero),
+                  _thread_parts(NC, x[0, 0].nbytes))
+        return y
     run_tiles(lambda lo, hi: _ave_pool_loops(x3, y3, size, lo, hi, g.kh, g.kw, g.sh, g.sw,
                                              g.ph, g.pw, zero, _phase_buffer(g, x.dtype)),
               _thread_parts(NC, x[0, 0].nbytes))
