@@ -47,7 +47,8 @@ def test_NETRUN_KERNELS_forces_an_engine(env, expected):
 
 POOLS = [(9, 9, 3, 2, 0, True), (10, 7, 3, 2, 1, True), (11, 13, 3, 3, 1, False),
          (8, 8, 2, 2, 0, True), (12, 9, 5, 4, 2, True), (7, 7, 3, 1, 1, True),
-         (5, 6, 4, 3, 0, True), (2, 3, 3, 2, 1, True), (7, 7, 7, 1, 0, True)]
+         (5, 6, 4, 3, 0, True), (2, 3, 3, 2, 1, True), (7, 7, 7, 1, 0, True),
+         (13, 13, 13, 1, 0, True)]
 
 
 @needs_numba

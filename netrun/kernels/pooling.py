@@ -693,6 +693,15 @@ def _ave_pool_backward_loops(dy, dx, size, lo, hi, kh, kw, sh, sw, ph, pw, dph):
                         dr[uint64(w)] = r[uint64(q)]
 
 
+@jit
+def _global_ave_backward_loops(dy, dx, size, lo, hi):
+    for p in range(lo, hi):
+        v = dy[p] / size
+        row = dx[p]
+        for k in range(row.shape[0]):
+            row[uint64(k)] = v
+
+
 def ave_pool_backward_numba(dy, g, dx=None):
     N, C = dy.shape[:2]
     NC = N * C
@@ -703,6 +712,10 @@ def ave_pool_backward_numba(dy, g, dx=None):
     size = g.pool_size().astype(dy.dtype)
     dy3 = np.ascontiguousarray(dy).reshape(NC, g.oh, g.ow)
     dx3 = dx.reshape(NC, g.H, g.W)
+    if g.single_window() == (0, g.H, 0, g.W):        # global pooling: one share each
+        dy1, dx2 = dy3.reshape(NC), dx3.reshape(NC, -1)
+        _global_ave_backward_loops(dy1, dx2, size[0, 0], 0, NC)     # a fill: one thread
+        return dx
     run_tiles(lambda lo, hi: _ave_pool_backward_loops(dy3, dx3, size, lo, hi, g.kh, g.kw,
                                                       g.sh, g.sw, g.ph, g.pw,
                                                       _phase_buffer(g, dy.dtype)),
