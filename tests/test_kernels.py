@@ -275,3 +275,7 @@ def test_chain_step_twins_agree_bit_for_bit(dtype):
             kern.numpy(x[view], *args, o0[view])
             kern.numba(x[view], *args, o1[view])
         same(o0, o1, kern.__name__)
+        i1 = x.copy()                                       # in place (the chains' case)
+        with np.errstate(all="ignore"):
+            kern.numba(i1[view], *args, i1[view])
+        same(o0[view], i1[view], kern.__name__ + " in place")

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import depthwise
+from .elementwise import same_memory
 from .layout import _cdiv, _pool_axis_range, _prod
 from .scratch import scratch
 from .select import jit, kernel, uint64
@@ -474,9 +475,24 @@ def _bias_loops(r, bias, out, lo, hi):
                 dst[uint64(p)] = src[uint64(p)] + bc
 
 
+@jit
+def _bias_inplace(out, bias, lo, hi):
+    num, P = out.shape[0], out.shape[2]
+    for n in range(num):
+        for c in range(lo, hi):
+            dst = out[n, c]
+            bc = bias[c]
+            for p in range(P):
+                dst[uint64(p)] = dst[uint64(p)] + bc
+
+
 def add_bias_numba(r, bias, out):
     if bias is None:
         return add_bias_numpy(r, bias, out)
+    if same_memory(r, out):          # one array: the loop vectorizes (see elementwise)
+        _by_threads(lambda lo, hi: _bias_inplace(out, bias, lo, hi), out.shape[1],
+                    2 * out.nbytes)
+        return
     _by_threads(lambda lo, hi: _bias_loops(r, bias, out, lo, hi), out.shape[1],
                 2 * out.nbytes)
 
