@@ -214,6 +214,10 @@ def test_element_wise_twins_agree_bit_for_bit(dtype):
         kernels.sum_into.numpy(o0, arrays[:count])
         kernels.sum_into.numba(o1, arrays[:count])
         same(o0, o1, f"sum of {count}")
+    i0, i1 = arrays[0].copy(), arrays[0].copy()                 # out += b, in place
+    kernels.sum_into.numpy(i0, [i0, arrays[1]])
+    kernels.sum_into.numba(i1, [i1, arrays[1]])
+    same(i0, i1, "sum in place")
     x = rng.standard_normal(n).astype(dtype)
     x[:4] = (0.0, -0.0, np.nan, -np.inf)
     dy = rng.standard_normal(n).astype(dtype)

@@ -110,9 +110,19 @@ def same_memory(a, b):
             and a.strides == b.strides and a.shape == b.shape)
 
 
+@jit
+def _add_inplace(out, b):
+    for i in range(out.shape[0]):
+        u = uint64(i)
+        out[u] = out[u] + b[u]
+
+
 def sum_into_numba(out, arrays):
     if not all(a.flags.c_contiguous and a.dtype == out.dtype for a in (out, *arrays)):
         return sum_into_numpy(out, arrays)
+    if len(arrays) == 2 and same_memory(out, arrays[0]):      # out += b (vectorizes)
+        flat_parts(_add_inplace, out, arrays[1])
+        return
     flat_parts(lambda o, *parts: _sum_loop(o, parts), out, *arrays)
 
 
