@@ -47,7 +47,8 @@ def test_NETRUN_KERNELS_forces_an_engine(env, expected):
 
 POOLS = [(9, 9, 3, 2, 0, True), (10, 7, 3, 2, 1, True), (11, 13, 3, 3, 1, False),
          (8, 8, 2, 2, 0, True), (12, 9, 5, 4, 2, True), (7, 7, 3, 1, 1, True),
-         (5, 6, 4, 3, 0, True), (2, 3, 3, 2, 1, True), (7, 7, 7, 1, 0, True)]
+         (5, 6, 4, 3, 0, True), (2, 3, 3, 2, 1, True), (7, 7, 7, 1, 0, True),
+         (13, 13, 13, 1, 0, True)]
 
 
 @needs_numba
@@ -114,6 +115,20 @@ def test_im2col_col2im_and_store_twins_agree_bit_for_bit(shape, k, s, p, d):
             store_transposed.numpy(r, o0, b)
             store_transposed.numba(r, o1, b)
             same(o0, o1, "store")
+    # the bias add after Caffe's own GEMM order: a strided (C, num, P) GEMM result, in place
+    from netrun.kernels.im2col import add_bias
+    r = rng.standard_normal((5, num, 70)).astype(np.float32)
+    r[0, 0, :3] = (np.nan, -0.0, np.inf)
+    bias = rng.standard_normal(5).astype(np.float32)
+    for b in (None, bias):
+        o0, o1 = np.empty((num, 5, 70), np.float32), np.empty((num, 5, 70), np.float32)
+        add_bias.numpy(r.transpose(1, 0, 2), b, o0)
+        add_bias.numba(r.transpose(1, 0, 2), b, o1)
+        same(o0, o1, "bias")
+        i0, i1 = o0.copy(), o0.copy()
+        add_bias.numpy(i0, b, i0)
+        add_bias.numba(i1, b, i1)
+        same(i0, i1, "bias in place")
 
 
 @needs_numba
@@ -199,6 +214,10 @@ def test_element_wise_twins_agree_bit_for_bit(dtype):
         kernels.sum_into.numpy(o0, arrays[:count])
         kernels.sum_into.numba(o1, arrays[:count])
         same(o0, o1, f"sum of {count}")
+    i0, i1 = arrays[0].copy(), arrays[0].copy()                 # out += b, in place
+    kernels.sum_into.numpy(i0, [i0, arrays[1]])
+    kernels.sum_into.numba(i1, [i1, arrays[1]])
+    same(i0, i1, "sum in place")
     x = rng.standard_normal(n).astype(dtype)
     x[:4] = (0.0, -0.0, np.nan, -np.inf)
     dy = rng.standard_normal(n).astype(dtype)
@@ -260,3 +279,7 @@ def test_chain_step_twins_agree_bit_for_bit(dtype):
             kern.numpy(x[view], *args, o0[view])
             kern.numba(x[view], *args, o1[view])
         same(o0, o1, kern.__name__)
+        i1 = x.copy()                                       # in place (the chains' case)
+        with np.errstate(all="ignore"):
+            kern.numba(i1[view], *args, i1[view])
+        same(o0[view], i1[view], kern.__name__ + " in place")

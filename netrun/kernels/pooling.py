@@ -622,6 +622,22 @@ def _ave_pool_loops(x, y, size, lo, hi, kh, kw, sh, sw, ph, pw, zero, xph):
                 yr[uint64(j)] = acc[uint64(j)] / sr[uint64(j)]
 
 
+@jit
+def _global_ave_loops(x, y, size, lo, hi, zero):
+    # x (planes, H*W): y[p] = (((0 + x[p, 0]) + x[p, 1]) + ...) / size; eight planes
+    # at a time (independent sums: the adds overlap, each in its own order)
+    n = x.shape[1]
+    acc = np.empty(8, x.dtype)
+    for p0 in range(lo, hi, 8):
+        m = min(8, hi - p0)
+        acc[:] = zero
+        for k in range(n):
+            for q in range(m):
+                acc[q] += x[p0 + q, k]
+        for q in range(m):
+            y[p0 + q] = acc[q] / size
+
+
 def ave_pool_numba(x, g, out=None):
     N, C = x.shape[:2]
     NC = N * C
@@ -632,6 +648,12 @@ def ave_pool_numba(x, g, out=None):
     x3 = np.ascontiguousarray(x).reshape(NC, g.H, g.W)
     y3 = y.reshape(NC, g.oh, g.ow)
     zero = x.dtype.type(0)
+    if (g.oh, g.ow, g.ph, g.pw) == (1, 1, 0, 0) and g.kh >= g.H and g.kw >= g.W:
+        # global pooling: each plane's sum in row-major order, planes side by side
+        x2, y1 = x3.reshape(NC, -1), y3.reshape(NC)
+        run_tiles(lambda lo, hi: _global_ave_loops(x2, y1, size[0, 0], lo, hi, zero),
+                  _thread_parts(NC, x[0, 0].nbytes))
+        return y
     run_tiles(lambda lo, hi: _ave_pool_loops(x3, y3, size, lo, hi, g.kh, g.kw, g.sh, g.sw,
                                              g.ph, g.pw, zero, _phase_buffer(g, x.dtype)),
               _thread_parts(NC, x[0, 0].nbytes))
@@ -671,6 +693,15 @@ def _ave_pool_backward_loops(dy, dx, size, lo, hi, kh, kw, sh, sw, ph, pw, dph):
                         dr[uint64(w)] = r[uint64(q)]
 
 
+@jit
+def _global_ave_backward_loops(dy, dx, size, lo, hi):
+    for p in range(lo, hi):
+        v = dy[p] / size
+        row = dx[p]
+        for k in range(row.shape[0]):
+            row[uint64(k)] = v
+
+
 def ave_pool_backward_numba(dy, g, dx=None):
     N, C = dy.shape[:2]
     NC = N * C
@@ -681,6 +712,10 @@ def ave_pool_backward_numba(dy, g, dx=None):
     size = g.pool_size().astype(dy.dtype)
     dy3 = np.ascontiguousarray(dy).reshape(NC, g.oh, g.ow)
     dx3 = dx.reshape(NC, g.H, g.W)
+    if g.single_window() == (0, g.H, 0, g.W):        # global pooling: one share each
+        dy1, dx2 = dy3.reshape(NC), dx3.reshape(NC, -1)
+        _global_ave_backward_loops(dy1, dx2, size[0, 0], 0, NC)     # a fill: one thread
+        return dx
     run_tiles(lambda lo, hi: _ave_pool_backward_loops(dy3, dx3, size, lo, hi, g.kh, g.kw,
                                                       g.sh, g.sw, g.ph, g.pw,
                                                       _phase_buffer(g, dy.dtype)),

@@ -306,7 +306,8 @@ class Convolution(_BaseConvolution):
                         prep = kept[1]
                     else:
                         prep = g.prepare(x[a:z], self.out_sp, G, backward=True)
-                    self.blobs[0].diff += g.conv_weight_grad(prep, dy[a:z], G, dyg)
+                    d = self.blobs[0].diff
+                    kernels.sum_into(d, [d, g.conv_weight_grad(prep, dy[a:z], G, dyg)])
                 if dx is not None:
                     g.conv_backward_data(dy[a:z], w, G, self.in_sp, out=dx[a:z], dyg=dyg)
 
@@ -336,7 +337,8 @@ class Deconvolution(_BaseConvolution):
             for a, z in self._chunks(per):
                 prep = g.prepare(dy[a:z], self.in_sp, G)     # col(dy), used twice
                 if want_w:
-                    self.blobs[0].diff += g.conv_weight_grad(prep, x[a:z], G)
+                    d = self.blobs[0].diff
+                    kernels.sum_into(d, [d, g.conv_weight_grad(prep, x[a:z], G)])
                 if dx is not None:
                     dx[a:z] = g.conv_forward(prep, w, G, z - a, self.in_sp)
 
