@@ -313,6 +313,20 @@ def _kinds(desc):
     return got
 
 
+def _varint(raw, pos, end):
+    """(value, position after it) of the protobuf varint at ``pos``; (None, pos) when it
+    runs past ``end`` or beyond 64 bits."""
+    value = shift = 0
+    while pos < end and shift <= 63:
+        b = raw[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+    return None, pos
+
+
 def protobuf_cost(raw, descriptor, stop_above=None):
     """An upper estimate of the bytes that parsing ``raw`` as ``descriptor`` takes,
     from a walk of its wire format (tags and lengths only: packed data is skipped
@@ -334,32 +348,14 @@ def protobuf_cost(raw, descriptor, stop_above=None):
                 return max(cost, FALLBACK_FACTOR * n)
             if stop_above is not None and cost > stop_above:
                 return cost
-            b = raw[pos]                                # the tag (one byte for caffe.proto)
-            pos += 1
-            tag = b & 0x7F
-            shift = 7
-            while b >= 0x80:
-                if pos >= end or shift > 63:
-                    return cost
-                b = raw[pos]
-                pos += 1
-                tag |= (b & 0x7F) << shift
-                shift += 7
+            tag, pos = _varint(raw, pos, end)           # (one byte for caffe.proto)
+            if tag is None:
+                return cost
             wire = tag & 7
             kind, sub, repeated = fields.get(tag >> 3, (None, None, False))
             if wire == 2:
-                b = raw[pos] if pos < end else 0
-                pos += 1
-                length = b & 0x7F
-                shift = 7
-                while b >= 0x80:
-                    if pos >= end or shift > 63:
-                        return cost
-                    b = raw[pos]
-                    pos += 1
-                    length |= (b & 0x7F) << shift
-                    shift += 7
-                if pos + length > end:
+                length, pos = _varint(raw, pos, end)
+                if length is None or pos + length > end:
                     return cost
                 if kind == "message":
                     if length:
