@@ -6,7 +6,7 @@ functions of a ConvGeometry ``g``.
 """
 import numpy as np
 
-from .layout import POOL_TILE_BYTES, wide_grid
+from .layout import POOL_TILE_BYTES, valid_cols, wide_grid
 from .scratch import scratch
 from .select import float64, jit, kernel, uint64
 from .tiles import run_tiles, tile_ranges
@@ -137,8 +137,7 @@ def _dw_data_loops(dy, w, dx, lo, hi, sh, sw, ph, pw, dh, dwl):
             for b in range(kw):
                 wab = wq[a, b]
                 off = b * dwl - pw
-                jlo = 0 if off >= 0 else (sw - 1 - off) // sw
-                jhi = min(ow, (W - 1 - off) // sw + 1) if off <= W - 1 else 0
+                jlo, jhi = valid_cols(off, sw, W, ow)
                 for i in range(oh):
                     h = i * sh - ph + a * dh
                     if h < 0 or h >= H:
@@ -174,8 +173,7 @@ def _dw_weight_loops(x, dy, acc, lo, hi, sh, sw, ph, pw, dh, dwl):
         for a in range(kh):
             for b in range(kw):
                 off = b * dwl - pw
-                jlo = 0 if off >= 0 else (sw - 1 - off) // sw
-                jhi = min(ow, (W - 1 - off) // sw + 1) if off <= W - 1 else 0
+                jlo, jhi = valid_cols(off, sw, W, ow)
                 part[:] = 0.0
                 for i in range(oh):
                     h = i * sh - ph + a * dh

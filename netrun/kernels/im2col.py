@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import depthwise
 from .elementwise import same_memory
-from .layout import _cdiv, _pool_axis_range, _prod
+from .layout import _cdiv, _pool_axis_range, _prod, valid_cols
 from .scratch import scratch
 from .select import jit, kernel, uint64
 from . import tiles
@@ -355,9 +355,7 @@ def _im2col_loops(x, cols, lo, hi, sh, sw, ph, pw, dh, dw):
         for a in range(kh):
             for b in range(kw):
                 off = b * dw - pw
-                jlo = 0 if off >= 0 else (sw - 1 - off) // sw
-                jhi = min(ow, (W - 1 - off) // sw + 1) if off <= W - 1 else 0
-                jhi = max(jlo, jhi)
+                jlo, jhi = valid_cols(off, sw, W, ow)
                 for n in range(num):
                     for i in range(oh):
                         dst = cols[c, a, b, n, i]
@@ -404,8 +402,7 @@ def _col2im_loops(cols, acc, lo, hi, sh, sw, ph, pw, dh, dw):
             for a in range(kh):                 # each input: its reads in kernel order
                 for b in range(kw):
                     off = b * dw - pw
-                    jlo = 0 if off >= 0 else (sw - 1 - off) // sw
-                    jhi = min(ow, (W - 1 - off) // sw + 1) if off <= W - 1 else 0
+                    jlo, jhi = valid_cols(off, sw, W, ow)
                     for i in range(oh):
                         h = i * sh - ph + a * dh
                         if h < 0 or h >= H:

@@ -1,6 +1,7 @@
 """Shapes and layouts shared by the kernels: products, C division, the window
 ranges of a strided axis, wide grids (planes seen as flat rows) and plane tiles."""
 from .scratch import scratch
+from .select import jit
 from .tiles import parallel_copyto, tile_ranges
 
 
@@ -9,6 +10,15 @@ def _prod(xs):
     for x in xs:
         out *= int(x)
     return out
+
+
+@jit
+def valid_cols(off, s, W, ow):
+    """(jlo, jhi): the output columns j in [jlo, jhi) whose input column j * s + off lies
+    inside [0, W) -- the columns a kernel offset ``off`` reads or writes (compiled loops)."""
+    jlo = 0 if off >= 0 else (s - 1 - off) // s
+    jhi = min(ow, (W - 1 - off) // s + 1) if off <= W - 1 else 0
+    return jlo, max(jlo, jhi)
 
 
 def _cdiv(a, b):
