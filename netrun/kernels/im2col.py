@@ -18,7 +18,6 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import depthwise
-from .elementwise import same_memory
 from .layout import _cdiv, _pool_axis_range, _prod, valid_cols
 from .scratch import scratch
 from .select import jit, kernel, uint64
@@ -176,20 +175,9 @@ class ConvGeometry:
         assert kind == "cols", kind
         Co = w.shape[0]
         G, Og, P = group, Co // group, _prod(out_sp)
-        cols = a.transpose(0, 2, 1)                                  # (G, Cg*K, num*P)
-        if out is not None and cols.flags.c_contiguous:
-            # Caffe's own call: W_g (Og, Cg*K) @ cols_g (Cg*K, P), row-major, no
-            # transposes; one image writes straight into the blob
-            wg = w.reshape(G, Og, -1)
-            if num == 1:
-                r = np.matmul(wg, cols, out=out.reshape(G, Og, P))
-                if bias is not None:
-                    add_bias(r.reshape(1, Co, P), bias, r.reshape(1, Co, P))
-                return out
-            r = np.matmul(wg, cols, out=scratch("gemm", (G, Og, num * P), w.dtype))
-            add_bias(r.reshape(Co, num, P).transpose(1, 0, 2), bias,
-                     out.reshape(num, Co, P))
-            return out
+        # (num*P, Cg*K) @ (Cg*K, Og): the operand order whose sums reproduce Caffe's bits on
+        # the goldens' CPU kind (W_g @ cols_g, Caffe's own call written in numpy, reaches
+        # OpenBLAS transposed and differs there: GoogLeNet's diffs 133x element-wise)
         wt = w.reshape(G, Og, -1).transpose(0, 2, 1)                  # (G, Cg*K, Og)
         r = np.matmul(a, wt, out=scratch("gemm", (G, num * P, Og), w.dtype))
         if out is not None:
@@ -449,52 +437,6 @@ def store_transposed_numba(r, out, bias):
                 2 * out.nbytes)
 
 
-def add_bias_numpy(r, bias, out):
-    """out[n, c, p] = r[n, c, p] (+ bias[c]); r and out (num, C, P), r any strides."""
-    if bias is None:
-        if r is not out:
-            parallel_copyto(out, r)
-        return
-    b = bias.reshape(1, -1, 1)
-    in_parts(lambda lo, hi: np.add(r[:, lo:hi], b[:, lo:hi], out=out[:, lo:hi]),
-             out.shape[1], 2 * out.nbytes)
-
-
-@jit
-def _bias_loops(r, bias, out, lo, hi):
-    num, P = out.shape[0], out.shape[2]
-    for n in range(num):
-        for c in range(lo, hi):
-            src = r[n, c]
-            dst = out[n, c]
-            bc = bias[c]
-            for p in range(P):
-                dst[uint64(p)] = src[uint64(p)] + bc
-
-
-@jit
-def _bias_inplace(out, bias, lo, hi):
-    num, P = out.shape[0], out.shape[2]
-    for n in range(num):
-        for c in range(lo, hi):
-            dst = out[n, c]
-            bc = bias[c]
-            for p in range(P):
-                dst[uint64(p)] = dst[uint64(p)] + bc
-
-
-def add_bias_numba(r, bias, out):
-    if bias is None:
-        return add_bias_numpy(r, bias, out)
-    if same_memory(r, out):          # one array: the loop vectorizes (see elementwise)
-        _by_threads(lambda lo, hi: _bias_inplace(out, bias, lo, hi), out.shape[1],
-                    2 * out.nbytes)
-        return
-    _by_threads(lambda lo, hi: _bias_loops(r, bias, out, lo, hi), out.shape[1],
-                2 * out.nbytes)
-
-
 im2col_copy = kernel(im2col_copy_numpy, im2col_copy_numba)
-add_bias = kernel(add_bias_numpy, add_bias_numba)
 col2im_sum = kernel(col2im_sum_numpy, col2im_sum_numba)
 store_transposed = kernel(store_transposed_numpy, store_transposed_numba)
