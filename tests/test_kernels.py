@@ -88,8 +88,8 @@ CONVS = [((2, 3, 9, 8), 3, 1, 1, 1), ((1, 4, 11, 7), 3, 2, 1, 1), ((2, 2, 10, 10
 
 @needs_numba
 @pytest.mark.parametrize("shape,k,s,p,d", CONVS)
-def test_im2col_col2im_and_store_twins_agree_bit_for_bit(shape, k, s, p, d):
-    from netrun.kernels.im2col import ConvGeometry, col2im_sum, im2col_copy, store_transposed
+def test_im2col_col2im_and_bias_twins_agree_bit_for_bit(shape, k, s, p, d):
+    from netrun.kernels.im2col import ConvGeometry, add_bias, col2im_sum, im2col_copy
     rng = np.random.default_rng(3)
     g = ConvGeometry((k, k), (s, s), (p, p), (d, d))
     x = rng.standard_normal(shape).astype(np.float32)
@@ -107,14 +107,15 @@ def test_im2col_col2im_and_store_twins_agree_bit_for_bit(shape, k, s, p, d):
     col2im_sum.numpy(g, view, shape[2:], out_sp, a0)
     col2im_sum.numba(g, view, shape[2:], out_sp, a1)
     same(a0, a1, "col2im")
-    for G, Og in ((1, 8), (2, 3)):
-        r = rng.standard_normal((G, num, 70, Og)).astype(np.float32)
-        bias = rng.standard_normal(G * Og).astype(np.float32)
-        for b in (None, bias):
-            o0, o1 = np.empty((num, G, Og, 70), np.float32), np.empty((num, G, Og, 70), np.float32)
-            store_transposed.numpy(r, o0, b)
-            store_transposed.numba(r, o1, b)
-            same(o0, o1, "store")
+    # the bias add after Caffe's GEMM, in place on (num, C, P)
+    y = rng.standard_normal((num, 5, 70)).astype(np.float32)
+    y[0, 0, :3] = (np.nan, -0.0, np.inf)
+    bias = rng.standard_normal(5).astype(np.float32)
+    bias[1] = -0.0
+    y0, y1 = y.copy(), y.copy()
+    add_bias.numpy(y0, bias)
+    add_bias.numba(y1, bias)
+    same(y0, y1, "bias")
 
 
 @needs_numba

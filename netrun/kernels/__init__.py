@@ -18,7 +18,7 @@ call ``kernels.<name>(...)`` and ``select`` runs the twin of the engine in use
 """
 from .depthwise import dw_wide_backward_data, dw_wide_weight_grad
 from .elementwise import normalize, relu_backward, relu_forward, scale_bias, sum_into
-from .im2col import col2im_sum, im2col_copy, store_transposed
+from .im2col import add_bias, col2im_sum, im2col_copy
 from .lrn import lrn_across_backward, lrn_across_forward
 from .pooling import (ave_pool, ave_pool_backward, max_pool_backward, max_pool_select,
                       select_to_index)
@@ -26,7 +26,7 @@ from .select import ENGINES, engine, numba_available, set_engine, use
 
 __all__ = ["ENGINES", "engine", "numba_available", "set_engine", "use",
            "ave_pool", "ave_pool_backward", "max_pool_backward", "max_pool_select",
-           "select_to_index", "col2im_sum", "im2col_copy", "store_transposed",
+           "select_to_index", "col2im_sum", "im2col_copy", "add_bias",
            "lrn_across_backward", "lrn_across_forward", "dw_wide_backward_data",
            "dw_wide_weight_grad", "relu_backward", "relu_forward", "sum_into", "normalize",
            "scale_bias"]

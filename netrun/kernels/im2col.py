@@ -3,12 +3,12 @@
 The math (output sizes, im2col, the three products) is in layers/vision.py's
 docstring.
 
-The whole batch is one im2col and one (batched over groups) GEMM; the column buffer is
-only split into chunks of images when it would exceed ``COL_BUFFER_BYTES``.  The
-column buffer is built in Caffe's channel-major layout (G, Cg*K, num*P) by one strided
-copy and given to BLAS transposed (the same GEMM, so the same float32 sums); the GEMM
-result (positions x channels) is stored channel-major with the bias added.  A 1x1
-kernel with stride 1 and no padding needs no im2col (x itself, seen transposed).  In
+The whole batch is one im2col (the column buffer is only split into chunks of images
+when it would exceed ``COL_BUFFER_BYTES``), built in Caffe's channel-major layout
+(G, Cg*K, num*P) by one strided copy.  The forward GEMMs are Caffe's own calls, one
+per image and group, written straight into the blob, then the bias added in place:
+with the same OpenBLAS kernel they give real Caffe's bits (docs/kernels.md).  A 1x1
+kernel with stride 1 and no padding needs no im2col (x itself).  In
 backward, batches of large planes (>= _BIG_PLANE positions) run one GEMM per
 image instead of copying dy (and x) into group-major order.  Depthwise convolution
 (one input channel per group) runs as a loop over the kernel offsets of strided
@@ -138,9 +138,10 @@ class ConvGeometry:
 
     def prepare(self, x, out_sp, group, backward=False, out=None):
         """What conv_forward / conv_weight_grad read from the conv input x:
-        the transposed columns (G, num*P, Cg*K); for the weight gradient of a
-        depthwise convolution the input itself (its own kernels), of a 1x1
-        convolution over large planes x itself.
+        the transposed columns (G, num*P, Cg*K); for a 1x1 convolution's forward
+        (and its weight gradient over large planes) x itself, (num, G, Cg, P); for
+        the weight gradient of a depthwise convolution the input itself (its own
+        kernels).
 
         A depthwise forward goes through the columns and one GEMM per group, as
         Caffe's: BLAS then sums each output's K products in Caffe's order (the
@@ -154,6 +155,8 @@ class ConvGeometry:
             num, C = x.shape[:2]
             P = _prod(x.shape[2:])
             Cg = C // group
+            if not backward:                             # forward: x itself, per image
+                return ("x", x.reshape(num, group, Cg, P))
             if num == 1:                                 # x itself, seen transposed
                 return ("cols", x.reshape(group, Cg, P).transpose(0, 2, 1))
             if backward and per_image(num, P):
@@ -167,27 +170,31 @@ class ConvGeometry:
     def conv_forward(self, prep, w, group, num, out_sp, out=None, bias=None):
         """y[n, o] = sum_{c in group(o), k} w[o, c, k] x_pad[n, c, out s + k d] (+ bias[o]).
 
-        Computed as cols (G, num*P, Cg*K) @ W_g^T: the operand order Caffe's
-        row-major GEMM hands to BLAS, so the sums come out in Caffe's order.
-        Written into ``out`` (num, Co, *out) when given, else returned as a view
-        of a scratch buffer."""
+        Caffe's own calls: for each image and group, W_g (Og, Cg*K) @ cols_g (Cg*K, P),
+        row-major, no transposes, the result written straight into the blob; then
+        the bias added in place (Caffe's second GEMM, bias (Co, 1) @ ones (1, P),
+        rounds to the same y + b).  One GEMM per image, as Caffe: OpenBLAS's AVX2
+        kernel rounds a column differently depending on where it sits in a wider
+        matrix, so one GEMM over the whole batch would not give Caffe's bits.
+        Written into ``out`` (num, Co, *out) when given, else into a new array."""
         kind, a = prep
-        assert kind == "cols", kind
         Co = w.shape[0]
         G, Og, P = group, Co // group, _prod(out_sp)
-        # (num*P, Cg*K) @ (Cg*K, Og): the operand order whose sums reproduce Caffe's bits on
-        # the goldens' CPU kind (W_g @ cols_g, Caffe's own call written in numpy, reaches
-        # OpenBLAS transposed and differs there: GoogLeNet's diffs 133x element-wise)
-        wt = w.reshape(G, Og, -1).transpose(0, 2, 1)                  # (G, Cg*K, Og)
-        r = np.matmul(a, wt, out=scratch("gemm", (G, num * P, Og), w.dtype))
-        if out is not None:
-            store_transposed(r.reshape(G, num, P, Og), out.reshape(num, G, Og, P), bias)
-            return out
-        y = r.reshape(G, num, P, Og).transpose(1, 0, 3, 2)             # (num, G, Og, P)
-        y = y.reshape((num, Co) + tuple(out_sp))
+        if out is None:
+            out = np.empty((num, Co) + tuple(out_sp), w.dtype)
+        wg = w.reshape(G, Og, -1)
+        y = out.reshape(num, G, Og, P)
+        if kind == "x":                                   # 1x1: x itself, per image
+            for n in range(num):
+                np.matmul(wg, a[n], out=y[n])
+        else:
+            assert kind == "cols", kind
+            cols = a.transpose(0, 2, 1)                   # (G, Cg*K, num*P), Caffe's layout
+            for n in range(num):
+                np.matmul(wg, cols[:, :, n * P:(n + 1) * P], out=y[n])
         if bias is not None:
-            y = y + bias.reshape((Co,) + (1,) * len(out_sp))
-        return y
+            add_bias(out.reshape(num, Co, P), bias)
+        return out
 
     @staticmethod
     def group_major(dy, group):
@@ -268,7 +275,7 @@ def per_image(num, P):
 
 
 # =====================================================================================
-# Kernel twins: im2col's copy, col2im's sums, the transposed store
+# Kernel twins: im2col's copy, col2im's sums, the bias add
 # =====================================================================================
 def im2col_copy_numpy(g, x, cols):
     """cols (C, *kernel, num, *out) = x_pad[n, c, o s + k d] (0 in the padding)."""
@@ -299,37 +306,6 @@ def col2im_sum_numpy(g, cols, in_sp, out_sp, acc):
         for isl, csl in steps:
             a[(_ALL, _ALL) + isl] += c[(_ALL, _ALL) + csl]
     in_parts(channels, C, cols.size * cols.itemsize)
-
-
-def store_transposed_numpy(r, out, bias):
-    """out[n, g, o, p] = r[g, n, p, o] (+ bias[g*Og + o]): the GEMM's (position,
-    channel) rows into the blob's channel-major layout.  numpy's element-wise
-    transposed copy is slow; moving 16-byte units (4 channels) first and then
-    splitting them is about twice as fast."""
-    G, num, P, Og = r.shape
-    if Og % 4 == 0 and r.strides[-1] == 4 == r.dtype.itemsize and r.strides[-2] % 16 == 0:
-        t = scratch("transpose", (G, num, Og // 4, P, 4), r.dtype)
-        v16 = np.dtype((np.void, 16))
-        tv = t.view(v16).reshape(G, num, Og // 4, P)
-        rv = r.view(v16).reshape(G, num, P, Og // 4).transpose(0, 1, 3, 2)
-        in_parts(lambda lo, hi: np.copyto(tv[:, :, lo:hi], rv[:, :, lo:hi]), Og // 4,
-                 2 * r.nbytes)
-        src = t.transpose(1, 0, 2, 4, 3)                     # (num, G, Og/4, 4, P)
-        dst = out.reshape(num, G, Og // 4, 4, P)
-        bshape = (1, G, Og // 4, 4, 1)
-    else:
-        src = r.transpose(1, 0, 3, 2)                        # (num, G, Og, P)
-        dst = out
-        bshape = (1, G, Og, 1)
-    b = None if bias is None else np.broadcast_to(bias.reshape(bshape), bshape)
-
-    def part(lo, hi):                            # a range of channels (or of 4s)
-        d, s = dst[:, :, lo:hi], src[:, :, lo:hi]
-        if b is None:
-            np.copyto(d, s)
-        else:
-            np.add(s, b[:, :, lo:hi], out=d)
-    in_parts(part, dst.shape[2], 2 * out.nbytes)
 
 
 # -- compiled twins (2-D; other ranks run the numpy twins) -----------------------------
@@ -409,34 +385,28 @@ def col2im_sum_numba(g, cols, in_sp, out_sp, acc):
                 cols.shape[1], cols.size * cols.itemsize)
 
 
+def add_bias_numpy(y, bias):
+    """y[n, c, p] += bias[c], in place; y (num, C, P) contiguous."""
+    b = bias.reshape(1, -1, 1)
+    in_parts(lambda lo, hi: np.add(y[:, lo:hi], b[:, lo:hi], out=y[:, lo:hi]),
+             y.shape[1], 2 * y.nbytes)
+
+
 @jit
-def _store_loops(r, out, bias, with_bias, lo, hi):
-    # r (G, num, P, Og) -> out (num, G, Og, P), channels lo..hi, in blocks of positions
-    G, num, P, Og = r.shape
-    for g in range(G):
-        for n in range(num):
-            src = r[g, n]
-            dst = out[n, g]
-            for p0 in range(0, P, 64):
-                p1 = min(P, p0 + 64)
-                for o in range(lo, hi):
-                    d = dst[o]
-                    if with_bias:
-                        bo = bias[g * Og + o]
-                        for p in range(p0, p1):
-                            d[uint64(p)] = src[uint64(p), o] + bo
-                    else:
-                        for p in range(p0, p1):
-                            d[uint64(p)] = src[uint64(p), o]
+def _bias_inplace(y, bias, lo, hi):
+    num, P = y.shape[0], y.shape[2]
+    for n in range(num):
+        for c in range(lo, hi):
+            dst = y[n, c]
+            bc = bias[c]
+            for p in range(P):
+                dst[uint64(p)] = dst[uint64(p)] + bc
 
 
-def store_transposed_numba(r, out, bias):
-    Og = r.shape[3]
-    b = bias if bias is not None else np.zeros(1, r.dtype)
-    _by_threads(lambda lo, hi: _store_loops(r, out, b, bias is not None, lo, hi), Og,
-                2 * out.nbytes)
+def add_bias_numba(y, bias):
+    _by_threads(lambda lo, hi: _bias_inplace(y, bias, lo, hi), y.shape[1], 2 * y.nbytes)
 
 
 im2col_copy = kernel(im2col_copy_numpy, im2col_copy_numba)
+add_bias = kernel(add_bias_numpy, add_bias_numba)
 col2im_sum = kernel(col2im_sum_numpy, col2im_sum_numba)
-store_transposed = kernel(store_transposed_numpy, store_transposed_numba)

@@ -270,10 +270,8 @@ class Convolution(_BaseConvolution):
         chunks = self._chunks(per)
         P = _prod(self.out_sp)
         # the columns are built again by backward's weight gradient unless kept
-        worth = (len(bottom) == 1 and len(chunks) == 1 and C != G
-                 and (not g.is_1x1 or (self.num > 1 and not per_image(self.num, P))))
-        buf = self._kept_cols_buffer(
-            (C * (1 if g.is_1x1 else g.K) * P * self.num * w.itemsize) if worth else 0)
+        worth = len(bottom) == 1 and len(chunks) == 1 and C != G and not g.is_1x1
+        buf = self._kept_cols_buffer((C * g.K * P * self.num * w.itemsize) if worth else 0)
         self._kept = None
         for b, t in zip(bottom, top):
             x = b.data.reshape((self.num, C) + self.in_sp)
@@ -282,7 +280,7 @@ class Convolution(_BaseConvolution):
             for a, z in chunks:
                 prep = g.prepare(x[a:z], self.out_sp, G, out=buf)
                 g.conv_forward(prep, w, G, z - a, self.out_sp, out=y[a:z], bias=bias)
-                if buf is not None:
+                if buf is not None and prep[0] == "cols":
                     self._kept = (b.data, prep)
 
     def backward(self, top, propagate_down, bottom):
