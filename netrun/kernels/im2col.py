@@ -348,7 +348,7 @@ def im2col_copy_numba(g, x, cols):
 
 def _by_threads(fn, n, nbytes):
     """fn(lo, hi) over [0, n), one range per thread when the work is worth sharing."""
-    if tiles.THREADS < 2 or n < 2 or nbytes < (1 << 18):
+    if tiles.THREADS < 2 or n < 2 or nbytes < tiles.PARALLEL_MIN_BYTES:
         fn(0, n)
         return
     cuts = [n * i // tiles.THREADS for i in range(tiles.THREADS + 1)]

@@ -99,12 +99,13 @@ def run_tiles(fn, tiles):
         raise state["error"]
 
 
-# A handoff to another thread and back costs 20-45 us here, so work is shared only
-# when it is worth more: single-pass element-wise work moving at least this many
-# bytes (a ReLU over 800K floats: 420 -> 280 us; over 200K it gets slower) ...
-PARALLEL_MIN_BYTES = 4 << 20
+# A handoff to another thread and back costs 60-100 us on a 2-core VM (measured:
+# run_tiles of two empty tiles, 57-64 us; right after a BLAS call, 80-100 us), so
+# work is shared only when it is worth several of them: single-pass work (copies,
+# element-wise steps, the conv bias add) moving at least this many bytes ...
+PARALLEL_MIN_BYTES = 8 << 20
 # ... or multi-pass work (pooling's K window offsets, LRN) over this much input.
-MULTIPASS_MIN_BYTES = 1 << 18
+MULTIPASS_MIN_BYTES = 1 << 20
 
 
 def in_parts(fn, n, nbytes):
