@@ -683,7 +683,10 @@ class Net:
     def _chain_spans(self):
         """{first: last} of every run of two or more consecutive layers working in
         place on one blob that can each be cut into channel ranges (Layer's
-        channel_forward): BatchNorm -> Scale -> ReLU after a convolution."""
+        channel_forward): BatchNorm -> Scale -> ReLU after a convolution.  In
+        forward, a run may be led by the layer that made the blob (Layer's
+        lead_forward: a convolution's bias add joins its ReLU's tiles), so a
+        convolution and one ReLU are a chain too."""
         spans = getattr(self, "_spans", None)
         if spans is not None:
             return spans
@@ -693,25 +696,39 @@ class Net:
             return (len(self.bottom_ids[k]) == 1 and self.bottom_ids[k] == self.top_ids[k]
                     and type(layer).channel_forward is not Layer.channel_forward
                     and not any(layer.loss_weights))
-        spans, n, li = {}, len(self.layers), 0
+
+        def leads(k):
+            layer = self.layers[k]
+            return (k + 1 < len(self.layers) and len(self.top_ids[k]) == 1
+                    and self.top_ids[k] != self.bottom_ids[k]
+                    and type(layer).lead_forward is not Layer.lead_forward
+                    and not any(layer.loss_weights)
+                    and capable(k + 1) and self.top_ids[k + 1] == self.top_ids[k])
+        spans, led, n, li = {}, {}, len(self.layers), 0
         while li < n:
             j = li
             while j < n and capable(j) and self.top_ids[j] == self.top_ids[li]:
                 j += 1
             if j - li >= 2:
                 spans[li] = j - 1
+            if j > li and li > 0 and leads(li - 1):
+                led[li - 1] = j - 1
             li = max(j, li + 1)
         self._spans = spans
         # every member's end (forward) and start (backward): a chain whose first
         # layer cannot be cut this time (TRAIN-phase BatchNorm) fuses the rest
-        self._span_end = {k: b for a, b in spans.items() for k in range(a, b)}
+        self._span_end = {k: b for a, b in list(spans.items()) + list(led.items())
+                          for k in range(a, b)}
         self._span_start = {k: a for a, b in spans.items() for k in range(a + 1, b + 1)}
+        self._leads = set(led)
         return spans
 
-    def _run_chain(self, order, prepare):
+    def _run_chain(self, order, prepare, lead=False):
         """Prepare each layer of ``order`` (prepare(k) -> fn(lo, hi) or None) while they
         agree on one (N, C, S) view, then run the prepared ones together over channel
-        tiles.  Returns how many layers ran (0: none could; the caller runs them)."""
+        tiles.  Returns how many layers ran (0: none could; the caller runs them).
+        With ``lead``, the first layer's prepare already ran its forward but for the
+        returned part: that part runs even when nothing else joins it."""
         parts, dims = [], None
         for k in order:
             part = self._call(k, prepare, k)          # (forward: after its reshape)
@@ -720,7 +737,7 @@ class Net:
                 break
             dims = tuple(d)
             parts.append(part)
-        if len(parts) < 2:
+        if len(parts) < 2 and not (lead and parts):
             return 0
 
         def tile(lo, hi):
@@ -734,8 +751,10 @@ class Net:
         def prepare(k):
             layer, bottom, top = self.layers[k], self._bottoms(k), self._tops(k)
             layer.reshape(bottom, top)
+            if k == s and s in self._leads:
+                return layer.lead_forward(bottom, top)
             return layer.channel_forward(bottom, top)
-        return self._run_chain(list(range(s, e + 1)), prepare)
+        return self._run_chain(list(range(s, e + 1)), prepare, lead=s in self._leads)
 
     def _backward_chain(self, last, first):
         order = []

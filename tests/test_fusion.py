@@ -1,4 +1,5 @@
-"""In-place chains (BatchNorm -> Scale -> ReLU) run tile by tile must give exactly the
+"""In-place chains (BatchNorm -> Scale -> ReLU), led by the convolution that made
+their blob (its bias add joins the tiles), run tile by tile must give exactly the
 numbers of the layers run one after the other."""
 import numpy as np
 import pytest
@@ -27,7 +28,11 @@ layer { name: "scale2" type: "Scale" bottom: "conv2" top: "conv2"
         scale_param { filler { type: "gaussian" std: 1 } } }
 layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2"
         relu_param { negative_slope: 0.1 } }
-layer { name: "ip" type: "InnerProduct" bottom: "conv2" top: "ip"
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
+        convolution_param { num_output: 6 kernel_size: 3 group: 2
+          weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }
+layer { name: "ip" type: "InnerProduct" bottom: "conv3" top: "ip"
         inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.1 } } }
 """
 
@@ -49,8 +54,8 @@ def _run(phase, fused, tmp_path, threads, fused_runs=None):
     if fused_runs is not None:                        # record the chains run fused
         run_chain = net._run_chain
 
-        def recording(order, prepare):
-            ran = run_chain(order, prepare)
+        def recording(order, prepare, lead=False):
+            ran = run_chain(order, prepare, lead)
             if ran:
                 fused_runs.append([net.layers[k].name for k in order[:ran]])
             return ran
@@ -79,14 +84,16 @@ def test_fused_chains_match_layer_by_layer(phase, threads, tmp_path, monkeypatch
     spans = net._chain_spans()
     names = {net.layers[a].name: net.layers[b].name for a, b in spans.items()}
     assert names == {"bn1": "relu1", "bn2": "relu2"}
-    # relu2 has a negative slope: it runs alone.  TRAIN-phase BatchNorm needs whole
-    # channels' statistics first: it runs alone, Scale -> ReLU after it fused.
-    # Backward runs each chain from its end down.
+    # Forward, each convolution leads the chain on its top.  relu2 has a negative
+    # slope: it runs alone.  TRAIN-phase BatchNorm needs whole channels' statistics
+    # first: the convolution's bias add then runs on its own, BatchNorm alone, Scale ->
+    # ReLU after it fused.  Backward runs each in-place chain from its end down.
     if phase == "test":
-        assert runs == [["bn1", "scale1", "relu1"], ["bn2", "scale2"],
-                        ["scale2", "bn2"], ["relu1", "scale1", "bn1"]]
+        assert runs == [["conv1", "bn1", "scale1", "relu1"], ["conv2", "bn2", "scale2"],
+                        ["conv3", "relu3"], ["scale2", "bn2"], ["relu1", "scale1", "bn1"]]
     else:
-        assert runs == [["scale1", "relu1"], ["relu1", "scale1"]]
+        assert runs == [["conv1"], ["scale1", "relu1"], ["conv2"], ["conv3", "relu3"],
+                        ["relu1", "scale1"]]
     for k in d1:
         np.testing.assert_array_equal(d1[k], d2[k], err_msg=f"data/{k}")
         np.testing.assert_array_equal(g1[k], g2[k], err_msg=f"diff/{k}")
@@ -114,9 +121,9 @@ def test_netrun_time_reports_a_fused_chain_on_its_first_layer(tmp_path):
     r = CliRunner().invoke(main, ["time", str(path), "-n", "2", "--json", "-q"])
     assert r.exit_code == 0, r.output
     layers = {d["name"]: d for d in json.loads(r.output)["layers"]}
-    assert [layers[n]["forward_fused_into"] for n in ("bn1", "scale1", "relu1")] == \
-        [None, "bn1", "bn1"]
+    assert [layers[n]["forward_fused_into"] for n in ("conv1", "bn1", "scale1", "relu1")] == \
+        [None, "conv1", "conv1", "conv1"]
     assert [layers[n]["backward_fused_into"] for n in ("bn1", "scale1", "relu1")] == \
         ["relu1", "relu1", None]
-    assert layers["scale1"]["forward_ms"] == 0 and layers["bn1"]["forward_ms"] > 0
+    assert layers["scale1"]["forward_ms"] == 0 and layers["conv1"]["forward_ms"] > 0
     assert layers["relu2"]["forward_fused_into"] is None    # negative slope: alone

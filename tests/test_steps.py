@@ -32,15 +32,16 @@ def test_fused_chains_are_one_step_and_layers_are_steps(tmp_path):
     rec, timed = Record(), []
     net.forward(data=x, observers=[rec], timer=lambda idx: timed.append(tuple(idx)))
     got = [[names[i] for i in idx] for idx, _ in rec.steps]
-    # relu2 is leaky (negative_slope 0.1): it has no channel-tile form, so it runs alone
-    assert got == [["data"], ["conv1"], ["bn1", "scale1", "relu1"], ["conv2"],
-                   ["bn2", "scale2"], ["relu2"], ["ip"]]
-    assert timed == [idx for idx, _ in rec.steps] and rec.before == [0, 1, 5, 8, 9]
+    # a convolution leads the chain on its top; relu2 is leaky (negative_slope 0.1):
+    # it has no channel-tile form, so it runs alone
+    assert got == [["data"], ["conv1", "bn1", "scale1", "relu1"], ["conv2", "bn2", "scale2"],
+                   ["relu2"], ["conv3", "relu3"], ["ip"]]
+    assert timed == [idx for idx, _ in rec.steps] and rec.before == [0, 8, 11]
     rec = Record()
     net.backward(ip=np.ones((3, 4), np.float32), observers=[rec])
     got = [[names[i] for i in idx] for idx, _ in rec.steps]
-    assert got == [["ip"], ["relu2"], ["scale2", "bn2"], ["conv2"], ["relu1", "scale1", "bn1"],
-                   ["conv1"], ["data"]]
+    assert got == [["ip"], ["relu3"], ["conv3"], ["relu2"], ["scale2", "bn2"], ["conv2"],
+                   ["relu1", "scale1", "bn1"], ["conv1"], ["data"]]
     assert all(runs == bool(net.layer_need_backward[idx[0]]) for idx, runs in rec.steps)
 
 
@@ -66,6 +67,6 @@ def test_inference_frees_through_the_same_steps(tmp_path):
     rec = Record()
     out = net.forward(data=x, observers=[rec])
     assert list(out) == ["ip"] and out["ip"].shape == (3, 4)
-    assert len(rec.steps) == 7
+    assert len(rec.steps) == 6
     freed = {name for name, blob in net.blobs.items() if blob._data is None}
     assert freed == set(net.blobs) - {"ip"}                     # all but the output

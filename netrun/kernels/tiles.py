@@ -60,12 +60,14 @@ def _executor():
     return _pool
 
 
-def run_tiles(fn, tiles):
+def run_tiles(fn, tiles, parallel=True):
     """fn(lo, hi) for every (lo, hi) in ``tiles``, spread over THREADS threads (the
-    calling one included).  Tiles are handed out in order from a shared counter; an
-    exception in any tile is raised here after all have stopped."""
+    calling one included; only that one when ``parallel`` is false).  Tiles are handed
+    out in order from a shared counter; an exception in any tile is raised here after
+    all have stopped."""
     tiles = list(tiles)
-    if THREADS < 2 or len(tiles) < 2 or getattr(_local, "inside", False):
+    if (not parallel or THREADS < 2 or len(tiles) < 2
+            or getattr(_local, "inside", False)):
         for lo, hi in tiles:
             fn(lo, hi)
         return
@@ -147,9 +149,10 @@ CHAIN_TILE_BYTES = 1 << 19
 
 def channel_tiles(fn, outer, dim, inner, itemsize):
     """fn(lo, hi) over channel ranges of an (outer, dim, inner) array, cache-sized
-    and spread over the threads."""
-    run_tiles(fn, tile_ranges(dim, outer * inner * itemsize, CHAIN_TILE_BYTES,
-                              PARALLEL_MIN_BYTES // 2))
+    and spread over the threads when the array is large enough to share."""
+    share = PARALLEL_MIN_BYTES // 2
+    run_tiles(fn, tile_ranges(dim, outer * inner * itemsize, CHAIN_TILE_BYTES, share),
+              parallel=outer * dim * inner * itemsize >= share)
 
 
 def flat_parts(fn, *arrays):

@@ -158,6 +158,14 @@ class Layer:
         """As channel_forward, for backward (parameter gradients included)."""
         return None
 
+    def lead_forward(self, bottom, top):
+        """For a layer whose top is then worked on in place by channel_forward layers
+        (a convolution before its ReLU): run forward except a last per-channel step
+        and return fn(lo, hi) doing that step for channels [lo, hi) of the top's
+        (N, C, S) view -- the net runs it tile by tile together with the in-place
+        layers after it -- or None, having changed nothing, when it cannot."""
+        return None
+
     # -- helpers for subclasses ------------------------------------------------------
     def new_param(self, shape, filler=None):
         """Create a learnable parameter blob filled by a FillerParameter."""

@@ -262,7 +262,25 @@ class Convolution(_BaseConvolution):
         ctx.kept_cols_bytes = held + nbytes
         return self._cols_buf
 
+    def channel_dims(self, bottom):
+        return (self.num, self.num_output, _prod(self.out_sp))
+
+    def lead_forward(self, bottom, top):
+        """The GEMMs; the bias is added channel range by channel range with the
+        in-place layers that follow (same float operations as forward)."""
+        if len(bottom) != 1:
+            return None
+        self._forward(bottom, top, with_bias=False)
+        if not self.bias_term:
+            return lambda lo, hi: None
+        y = top[0].data.reshape(self.channel_dims(bottom))
+        b = self.blobs[1].data
+        return lambda lo, hi: kernels.add_bias(y[:, lo:hi], b[lo:hi])
+
     def forward(self, bottom, top):
+        self._forward(bottom, top, with_bias=True)
+
+    def _forward(self, bottom, top, with_bias):
         g, G = self.geom, self.group
         w = self.blobs[0].data
         C, O = self.channels, self.num_output
@@ -276,7 +294,7 @@ class Convolution(_BaseConvolution):
         for b, t in zip(bottom, top):
             x = b.data.reshape((self.num, C) + self.in_sp)
             y = t.data.reshape((self.num, O) + self.out_sp)
-            bias = self.blobs[1].data if self.bias_term else None
+            bias = self.blobs[1].data if self.bias_term and with_bias else None
             for a, z in chunks:
                 prep = g.prepare(x[a:z], self.out_sp, G, out=buf)
                 g.conv_forward(prep, w, G, z - a, self.out_sp, out=y[a:z], bias=bias)
