@@ -122,21 +122,50 @@ def test_im2col_col2im_and_bias_twins_agree_bit_for_bit(shape, k, s, p, d):
 @pytest.mark.parametrize("size", [1, 3, 5, 11])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lrn_twins_agree_bit_for_bit(size, dtype):
+    """The window sums and the backward bit for bit; x^-beta: the compiled twin calls
+    the C library's powf (Caffe's), the numpy twin rounds the float64 power once --
+    at most an ulp apart."""
     rng = np.random.default_rng(5)
     shape = (2, 7, 3 * 37)
     x = (rng.standard_normal(shape) * 3).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    outs = []
+    fwd = {}
     for engine in ("numpy", "numba"):
         s, p, y = (np.empty(shape, dtype) for _ in range(3))
         getattr(kernels.lrn_across_forward, engine)(x, s, p, y, size, (size - 1) // 2, 1e-4,
                                                      dtype(-0.75), 2.0)
-        dx = dy.copy()                                    # in place: dx is dy
-        getattr(kernels.lrn_across_backward, engine)(x, dx, s, p, dx, size, (size - 1) // 2,
+        fwd[engine] = (s, p, y)
+    (s0, p0, y0), (s1, p1, y1) = fwd["numpy"], fwd["numba"]
+    same(s0, s1, "scale")
+    assert np.all(np.abs(p0 - p1) <= np.spacing(np.abs(p1))), "power: more than an ulp apart"
+    same(y1, x * p1, "y = x * p")
+    same(y0, x * p0, "y = x * p (numpy)")
+    if dtype == np.float32:                                # powf itself, from the C library
+        powf = _libm_powf()
+        if powf is not None:
+            ref = np.array([powf(float(v), -0.75) for v in s1.ravel()[:2000]], np.float32)
+            same(p1.ravel()[:2000], ref, "powf")
+    dxs = []
+    for engine in ("numpy", "numba"):                      # backward from the same forward
+        dx = dy.copy()                                     # in place: dx is dy
+        getattr(kernels.lrn_across_backward, engine)(x, dx, s1, p1, dx, size, (size - 1) // 2,
                                                       dtype(2 * 1e-4 * 0.75 / size))
-        outs.append((s, p, y, dx))
-    for a, b, what in zip(*outs, ("scale", "power", "y", "dx")):
-        same(a, b, what)
+        dxs.append(dx)
+    same(*dxs, "dx")
+
+
+def _libm_powf():
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("m")
+    if name is None:
+        return None
+    try:
+        f = ctypes.CDLL(name).powf
+    except (OSError, AttributeError):
+        return None
+    f.restype, f.argtypes = ctypes.c_float, [ctypes.c_float, ctypes.c_float]
+    return f
 
 
 @needs_numba

@@ -9,11 +9,17 @@ rounding), in the order: the channel itself, c-1, c-2, ..., then c+1, c+2, ...
 in the same order.  Both run over tiles of spatial positions of ~1 MB (all images
 and channels) on all cores.
 
-x^-beta is numpy's float32 ``np.power`` in both twins.  It is glibc's ``powf`` (what
-Caffe calls) where numpy has no SIMD power; on AVX-512 machines numpy runs its own
-vectorized float32 power, which differs from ``powf`` by an ulp in about 20% of
-elements -- the compiled twin keeps numpy's, so the two engines give the same bits.
+x^-beta: the compiled twin calls the C library's ``powf`` element by element, as
+Caffe's CPU LRN does (``pow(float, float)``): real Caffe's bits (checked against
+pycaffe on GoogLeNet's norm layers).  numpy has no such call -- its float32
+``np.power`` is a SIMD loop of its own on AVX-512 machines, an ulp away from
+``powf`` in 20-40% of the elements -- so the numpy twin takes the float64 power
+rounded to float32 (``powf`` differs from that by an ulp in ~0.07% of elements).
+Where numba vectorizes with Intel's SVML (``numba.config.USING_SVML``) its ``pow``
+is SVML's, not the C library's: the compiled twin then runs the numpy twin's power.
 """
+import math
+
 import numpy as np
 
 from .select import jit, kernel, uint64
@@ -93,9 +99,18 @@ def lrn_across_forward_numpy(x3, s3, p3, y3, size, pre_pad, alpha, neg_beta, k):
         win *= alpha / size
         win += k
         np.copyto(st, win)
-        np.power(st, neg_beta, out=pt)
+        power(st, neg_beta, pt)
         np.multiply(xt, pt, out=y3[:, :, a:b])
     run_tiles(tile, _spatial_tiles(x3.shape, 8))
+
+
+def power(s, neg_beta, out):
+    """out = s ** neg_beta: for float32 the float64 power rounded once (closest to
+    ``powf`` of what numpy offers), else numpy's power."""
+    if s.dtype == np.float32:
+        np.copyto(out, np.power(s.astype(F64), F64(neg_beta)))
+    else:
+        np.power(s, neg_beta, out=out)
 
 
 def lrn_across_backward_numpy(x3, dy3, s3, p3, dx3, size, pre_pad, coef):
@@ -149,13 +164,38 @@ def lrn_across_forward_numba(x3, s3, p3, y3, size, pre_pad, alpha, neg_beta, k):
         return lrn_across_forward_numpy(x3, s3, p3, y3, size, pre_pad, alpha, neg_beta, k)
     after = size - 1 - pre_pad
 
+    libm_pow = not _svml()
+
     def tile(a, b):
         _lrn_scale_loops(x3, s3, a, b, pre_pad, after, alpha / size, float(k),
                          np.empty(b - a, F64))
-        pt = p3[:, :, a:b]
-        np.power(s3[:, :, a:b], neg_beta, out=pt)       # numpy's pow: see above
-        np.multiply(x3[:, :, a:b], pt, out=y3[:, :, a:b])
+        if libm_pow:
+            _pow_mul_loops(x3, s3, p3, y3, a, b, neg_beta)
+        else:
+            pt = p3[:, :, a:b]
+            power(s3[:, :, a:b], neg_beta, pt)
+            np.multiply(x3[:, :, a:b], pt, out=y3[:, :, a:b])
     run_tiles(tile, _spatial_tiles(x3.shape, 4))
+
+
+def _svml():
+    import numba
+    return bool(numba.config.USING_SVML)
+
+
+@jit
+def _pow_mul_loops(x, scale, pw, y, a0, a1, neg_beta):
+    # pw = powf(scale, neg_beta) (the C library's, one call per element), y = x * pw
+    N, C = x.shape[0], x.shape[1]
+    for n in range(N):
+        for c in range(C):
+            sr, pr = scale[n, c, a0:a1], pw[n, c, a0:a1]
+            xr, yr = x[n, c, a0:a1], y[n, c, a0:a1]
+            for t in range(a1 - a0):
+                u = uint64(t)
+                v = math.pow(sr[u], neg_beta)
+                pr[u] = v
+                yr[u] = xr[u] * v
 
 
 @jit
