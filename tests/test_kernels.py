@@ -299,3 +299,31 @@ def test_chain_step_twins_agree_bit_for_bit(dtype):
         with np.errstate(all="ignore"):
             kern.numba(i1[view], *args, i1[view])
         same(o0[view], i1[view], kern.__name__ + " in place")
+
+
+@pytest.mark.parametrize("M,K,N", [(64, 300, 57), (7, 1, 33), (16, 49, 2)])
+def test_gemm_acc_is_a_beta_one_gemm(M, K, N, monkeypatch):
+    """kernels.blas.gemm_acc: c += a @ b in one GEMM with beta = 1 (Caffe's
+    accumulation), whatever the operands' layouts.  Into zeros it is numpy's matmul to
+    float32 rounding (OpenBLAS's small-matrix kernels for beta = 0 and 1, and for each
+    transposition, may sum in other orders); without a reachable OpenBLAS the
+    scratch-buffer path gives numpy's c + a @ b bit for bit."""
+    from netrun.kernels import blas
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    c0 = rng.standard_normal((M, N)).astype(np.float32)
+    results = []
+    for aa in (a, np.asfortranarray(a)):
+        for bb in (b, np.asfortranarray(b), np.repeat(b, 2, axis=1)[:, ::2]):   # strided
+            z = np.zeros((M, N), np.float32)
+            np.testing.assert_allclose(blas.gemm_acc(aa, bb, z), a @ b, rtol=1e-5, atol=1e-5)
+            c = c0.copy()
+            blas.gemm_acc(aa, bb, c)
+            results.append(c)
+    for r in results:
+        np.testing.assert_allclose(r, c0 + a @ b, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(blas, "_cblas", {})                       # no BLAS found
+    c = c0.copy()
+    blas.gemm_acc(a, b, c)
+    same(c, c0 + a @ b, "fallback")

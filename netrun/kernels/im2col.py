@@ -18,6 +18,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import depthwise
+from .blas import gemm_acc
+from .elementwise import sum_into
 from .layout import _cdiv, _pool_axis_range, _prod, valid_cols
 from .scratch import scratch
 from .select import jit, kernel, uint64
@@ -237,32 +239,42 @@ class ConvGeometry:
             dcols = np.matmul(wt, dyg, out=scratch("dcols", (G, Cg * K, num * P), dy.dtype))
         return self.col2im(self.cols_view(dcols, Ci, num, out_sp), in_sp, out_sp, out)
 
-    def conv_weight_grad(self, prep, dy, group, dyg=None):
-        """dW_g = dy_g cols_g, shape (Co, Ci/G, *kernel)."""
+    def conv_weight_grad(self, prep, dy, group, acc, dyg=None):
+        """acc (Co, Ci/G, *kernel) += dW, dW_g = dy_g cols_g^T: BLAS GEMMs with beta = 1
+        adding straight into the diff, as Caffe's (one per image where the batch is
+        not one GEMM)."""
         kind, a = prep
         num, Co = dy.shape[:2]
         out_sp = dy.shape[2:]
         G, Og, P = group, Co // group, _prod(out_sp)
-        if kind == "dw-wide" and Og == 1:
-            return depthwise.dw_wide_weight_grad(self, a, dy)
-        if kind == "dw-wide":
-            return depthwise.dw_weight_grad(self, self.padded(a, out_sp), dy, G)
-        if kind == "dw":
-            return depthwise.dw_weight_grad(self, a, dy, G)
-        kernel = (1,) * self.nsp if self.is_1x1 else self.kernel
+        if kind in ("dw-wide", "dw"):                  # depthwise: its own loops
+            if kind == "dw-wide" and Og == 1:
+                dw = depthwise.dw_wide_weight_grad(self, a, dy)
+            elif kind == "dw-wide":
+                dw = depthwise.dw_weight_grad(self, self.padded(a, out_sp), dy, G)
+            else:
+                dw = depthwise.dw_weight_grad(self, a, dy, G)
+            sum_into(acc, [acc, dw])
+            return acc
+        accg = acc.reshape(G, Og, -1)
+        dyn = dy.reshape(num, G, Og, P)
         if kind == "x":                      # 1x1, per image: x itself, seen transposed
-            Cg = a.shape[2]
-            dw = np.matmul(dy.reshape(num, G, Og, P), a.transpose(0, 1, 3, 2))
-            return dw.sum(axis=0).reshape((Co, Cg) + kernel)
-        Cg = a.shape[2] // _prod(kernel)
+            for n in range(num):
+                for k in range(G):
+                    gemm_acc(dyn[n, k], a[n, k].T, accg[k])
+            return acc
         if dyg is None and per_image(num, P):
-            # sum over images of dy_n cols_n^T (as Caffe accumulates), no copy of dy
-            cols = a.transpose(0, 2, 1).reshape(G, a.shape[2], num, P).transpose(2, 0, 3, 1)
-            dw = np.matmul(dy.reshape(num, G, Og, P), cols)
-            return dw.sum(axis=0).reshape((Co, Cg) + kernel)
+            # per image dy_n cols_n^T (as Caffe accumulates), no copy of dy
+            cols = a.transpose(0, 2, 1)                                # (G, Cg*K, num*P)
+            for n in range(num):
+                for k in range(G):
+                    gemm_acc(dyn[n, k], cols[k, :, n * P:(n + 1) * P].T, accg[k])
+            return acc
         if dyg is None:
             dyg = self.group_major(dy, G)
-        return np.matmul(dyg, a).reshape((Co, Cg) + kernel)
+        for k in range(G):
+            gemm_acc(dyg[k], a[k], accg[k])
+        return acc
 
 
 # In backward, batches of planes this large run one GEMM per image (no group-major

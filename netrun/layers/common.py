@@ -5,7 +5,8 @@ import numpy as np
 
 from .. import kernels
 from ..errors import LayerError, check
-from ..kernels.tiles import PARALLEL_MIN_BYTES, flat_parts, in_parts, run_tiles
+from ..kernels.blas import gemm_acc
+from ..kernels.tiles import flat_parts
 from .base import Layer, canonical_axis, register
 
 ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX = 0, 1, 2
@@ -192,50 +193,16 @@ class InnerProduct(Layer):
                 accumulate_outer(wd, x, dy)
             else:
                 accumulate_outer(wd, dy, x)
-        if self.bias_term and self.param_propagate_down[1]:
-            self.blobs[1].diff += dy.sum(axis=0)
+        if self.bias_term and self.param_propagate_down[1]:     # Caffe's GEMV: dy^T ones
+            self.blobs[1].diff += dy.T @ np.ones(self.M, dy.dtype)
         if propagate_down[0]:
             np.matmul(dy, self._w(), out=bottom[0].diff.reshape(self.M, self.K))
 
 
-# rows of a weight gradient computed at once: a block that stays in cache
-_OUTER_BLOCK_BYTES = 1 << 20
-
-
 def accumulate_outer(out, a, b):
-    """out (P, Q) += a^T b for a (M, P), b (M, Q), Caffe's GEMM with beta = 1.
-
-    Done in blocks of rows of ``out`` through a cache-sized buffer: no temporary as
-    large as the weights, one read and one write of them (for M = 1 the block is a
-    broadcast outer product; numpy's matmul has no BLAS path for an inner size 1)."""
-    M, P = a.shape
-    Q = b.shape[1]
-    if M >= 64:                 # compute-bound: one large GEMM is faster
-        out += a.T @ b
-        return
-    rows = max(1, min(P, _OUTER_BLOCK_BYTES // max(1, Q * out.itemsize)))
-
-    def block(r0, r1):
-        blk = np.empty((r1 - r0, Q), out.dtype)
-        if M == 1:
-            np.multiply(a[0, r0:r1, None], b[0], out=blk)
-        else:
-            np.matmul(a[:, r0:r1].T, b, out=blk)
-        out[r0:r1] += blk
-    blocks = [(r0, min(P, r0 + rows)) for r0 in range(0, P, rows)]
-    if M == 1:                  # memory-bound outer products: all cores
-        run_tiles(block, blocks)
-        return
-    # one GEMM after the other: GEMMs from two threads at once make OpenBLAS's
-    # threads fight over the cores (measured 5x slower); the memory-bound sum into
-    # ``out`` runs on all cores (fc6's 151 MB gradient at batch 8: 78 -> 34 ms)
-    buf = np.empty((rows, Q), out.dtype)
-    for r0, r1 in blocks:
-        blk = buf[:r1 - r0]
-        np.matmul(a[:, r0:r1].T, b, out=blk)
-        dst = out[r0:r1]
-        in_parts(lambda lo, hi: np.add(dst[lo:hi], blk[lo:hi], out=dst[lo:hi]),
-                 r1 - r0, PARALLEL_MIN_BYTES if out.nbytes >= PARALLEL_MIN_BYTES else 0)
+    """out (P, Q) += a^T b for a (M, P), b (M, Q): Caffe's GEMM with beta = 1, one BLAS
+    call adding into ``out`` (kernels.blas)."""
+    gemm_acc(a.T, b, out)
 
 
 @register("Softmax")
@@ -775,8 +742,8 @@ class Embed(Layer):
         if self.param_propagate_down[0]:
             idx = self._indices(bottom[0].data)
             np.add.at(self.blobs[0].diff, idx, dy)
-        if self.bias_term and self.param_propagate_down[1]:
-            self.blobs[1].diff += dy.sum(axis=0)
+        if self.bias_term and self.param_propagate_down[1]:     # Caffe's GEMV: dy^T ones
+            self.blobs[1].diff += dy.T @ np.ones(dy.shape[0], dy.dtype)
         if propagate_down[0]:
             _no_gradient(self, bottom[0], "the indices")
 

@@ -218,9 +218,12 @@ class _BaseConvolution(Layer):
             np.copyto(out, y)
 
     def _bias_grad(self, dy):
-        # numpy's pairwise sum along each contiguous plane, then over the images
+        # Caffe's GEMV per image, dy_n (C, P) @ ones (P), added into the diff
         n, c = dy.shape[:2]
-        self.blobs[1].diff += dy.reshape(n, c, -1).sum(axis=2).sum(axis=0)
+        d = self.blobs[1].diff
+        ones = np.ones(_prod(dy.shape[2:]), dy.dtype)
+        for y in dy.reshape(n, c, -1):
+            d += y @ ones
 
     def _backward_pairs(self, top, propagate_down, bottom):
         """Backward's common part, per bottom/top pair: the bias gradient, then
@@ -322,8 +325,7 @@ class Convolution(_BaseConvolution):
                         prep = kept[1]
                     else:
                         prep = g.prepare(x[a:z], self.out_sp, G, backward=True)
-                    d = self.blobs[0].diff
-                    kernels.sum_into(d, [d, g.conv_weight_grad(prep, dy[a:z], G, dyg)])
+                    g.conv_weight_grad(prep, dy[a:z], G, self.blobs[0].diff, dyg)
                 if dx is not None:
                     g.conv_backward_data(dy[a:z], w, G, self.in_sp, out=dx[a:z], dyg=dyg)
 
@@ -353,8 +355,7 @@ class Deconvolution(_BaseConvolution):
             for a, z in self._chunks(per):
                 prep = g.prepare(dy[a:z], self.in_sp, G)     # col(dy), used twice
                 if want_w:
-                    d = self.blobs[0].diff
-                    kernels.sum_into(d, [d, g.conv_weight_grad(prep, x[a:z], G)])
+                    g.conv_weight_grad(prep, x[a:z], G, self.blobs[0].diff)
                 if dx is not None:
                     dx[a:z] = g.conv_forward(prep, w, G, z - a, self.in_sp)
 
