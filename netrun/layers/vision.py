@@ -158,6 +158,16 @@ class _BaseConvolution(Layer):
             self.blobs.append(self.new_param((self.num_output,), cp.bias_filler))
 
     def reshape(self, bottom, top):
+        key = tuple(b.shape for b in bottom)
+        if key == getattr(self, "_reshaped_for", None):     # as last time: only the tops
+            self._kept = None
+            for t in top:
+                t.reshape(self._top_shape)
+            return
+        self._reshape(bottom, top)
+        self._reshaped_for = key
+
+    def _reshape(self, bottom, top):
         b0 = bottom[0]
         check(b0.num_axes == self.axis + 1 + self.nsp,
               f"bottom has {b0.num_axes} axes, the layer was set up for "
@@ -192,6 +202,7 @@ class _BaseConvolution(Layer):
                            f"{self.geom.kernel}, pad {self.geom.pad}")
         self._kept = None
         shape = b0.shape[:self.axis] + (self.num_output,) + out_sp
+        self._top_shape = shape
         for t in top:
             t.reshape(shape)
 
