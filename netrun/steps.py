@@ -2,7 +2,7 @@
 
 ``Net.forward`` and ``Net.backward`` run their layers as a plan of *segments* made once
 per (direction, range, fusion): a segment is one layer, or a run of in-place layers that
-may be fused into one tiled pass (``Net._chain_spans``).  Running a segment yields
+may be fused into one tiled pass (``Net._chain_spans``, netrun/passes.py).  Running a segment yields
 *steps*: a fused chain is one step; where a layer of it cannot be cut this time (a
 TRAIN-phase BatchNorm) that layer is a step of its own and the rest fuse.
 
