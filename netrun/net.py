@@ -232,13 +232,18 @@ class Net(Passes, Batches):
     def __init__(self, model, *args, phase=None, weights=None, level=0, stages=(),
                  dtype=np.float32, seed=0, edits=(), input_shapes=None, warn=None,
                  allow_python_layers=False, inference=False, max_memory="default",
-                 fill_params=True):
+                 fill_params=True, engine="numpy"):
         for a in args:                         # pycaffe's positional forms
             if isinstance(a, (int, np.integer)) or (isinstance(a, str) and a.lower() in PHASES):
                 phase = a
             else:
                 weights = a
         self._warn = warn or _default_warn
+        from .engines import ENGINES
+        if engine not in ENGINES:
+            raise NetrunError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        self.engine = engine
+        self._engines = {}
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise NetrunError(f"dtype must be float32 or float64, not {self.dtype}")

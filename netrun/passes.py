@@ -176,6 +176,8 @@ class Passes:
         run on its own); ``timer(indices)`` after each step, a layer or a chain of
         in-place layers run together; ``observers``: more netrun.steps.Observer.
         """
+        if self.engine != "numpy":
+            return self._engine_forward(blobs, start, end, on_layer, timer, observers, inputs)
         for name, arr in inputs.items():
             self.set_input(name, arr)
         s = self._layer_index(start, 0)
@@ -227,6 +229,9 @@ class Passes:
         is called after layer ``i`` has run backward; ``timer`` and ``observers``
         as in forward.
         """
+        if self.engine != "numpy":
+            raise NetrunError(f"backward runs on netrun's own engine: this net runs its "
+                              f"forward on {self.engine} (build it with engine='numpy')")
         for name, arr in top_diffs.items():
             if name not in self.blobs:
                 raise NetrunError(f'"{name}" is not a blob of the net')
@@ -257,6 +262,25 @@ class Passes:
         base = list(self.bottom_ids[e]) if end is not None else list(self.inputs)  # as pycaffe
         wanted = base + [b for b in (diffs or []) if b not in base]
         return OrderedDict((n, self.blobs[n].diff) for n in wanted)
+
+    def engine_session(self, versions=False, blobs=()):
+        """The forward engine of a net built with ``engine="onnxruntime"``: an
+        ``OrtEngine`` of this net (made once per (versions, blobs), the net exported
+        in memory), whose ``run(feeds)`` is ONNX Runtime's own call."""
+        key = (bool(versions), tuple(blobs or ()))
+        if key not in self._engines:
+            from .engines.onnxruntime import OrtEngine
+            self._engines[key] = OrtEngine(self, versions=versions, blobs=key[1])
+        return self._engines[key]
+
+    def _engine_forward(self, blobs, start, end, on_layer, timer, observers, inputs):
+        """forward() on another engine: the whole net, its results written into the
+        blobs; ``on_layer`` sees every layer's tops as they were right after it."""
+        if start is not None or end is not None or timer is not None or observers:
+            raise NetrunError(f"the {self.engine} engine runs the whole net at once: "
+                              "start, end, timer and observers need engine='numpy'")
+        engine = self.engine_session(versions=on_layer is not None, blobs=blobs or ())
+        return engine.forward(blobs=blobs, on_layer=on_layer, **inputs)
 
     def _watch(self, li, phase, what, arrays):
         """Report the first NaN/Inf (once per net); raise in strict mode."""

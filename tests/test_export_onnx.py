@@ -458,3 +458,28 @@ def test_engine_refuses_train_dropout(tmp_path):
     res = cli("forward", str(p), "--phase", "train", "--engine", "onnxruntime")
     assert res.exit_code == 2 and 'layer "d" (Dropout)' in res.output and "TRAIN" in res.output
     assert cli("forward", str(p), "--engine", "onnxruntime", "-q").exit_code == 0
+
+
+def test_net_engine_option_runs_forward_on_onnxruntime():
+    """Net(..., engine="onnxruntime"): forward on ONNX Runtime, results in the blobs,
+    per-layer callbacks see each layer's tops; backward and partial passes refuse."""
+    import netrun
+    x = np.random.default_rng(0).random((2, 1, 28, 28)).astype(np.float32)
+    ref = netrun.Net(LENET, phase="test", seed=1)
+    want = ref.forward(data=x)
+    net = netrun.Net(LENET, phase="test", seed=1, engine="onnxruntime")
+    got = net.forward(data=x)
+    assert list(got) == list(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        np.testing.assert_array_equal(net.blobs[k].data, got[k])
+    seen = []
+    net.forward(data=x, on_layer=seen.append, blobs=["ip1"])
+    assert seen and seen == sorted(seen)
+    np.testing.assert_allclose(net.blobs["ip1"].data, ref.blobs["ip1"].data, rtol=1e-4, atol=1e-5)
+    with pytest.raises(netrun.NetrunError, match="backward runs on netrun's own engine"):
+        net.backward()
+    with pytest.raises(netrun.NetrunError, match="runs the whole net"):
+        net.forward(end="ip1")
+    with pytest.raises(netrun.NetrunError, match="engine must be one of"):
+        netrun.Net(LENET, engine="tensorrt")

@@ -233,7 +233,7 @@ def build_net(o, arrays, backward=False):
               input_shapes=shapes or None, warn=warn,
               allow_python_layers=bool(o.get("allow_python_layers")),
               max_memory=parse_size(o["max_memory"]) if o["max_memory"] else "default",
-              inference=bool(o.get("low_memory")))
+              inference=bool(o.get("low_memory")), engine=o.get("engine", "numpy"))
     check = o["check_finite"]
     if check is None:
         check = backward
@@ -367,13 +367,15 @@ def engine_option(f):
 
 
 def forward_engine(net, o):
-    """net.forward, or with --engine onnxruntime the ONNX Runtime engine's forward
-    (every blob version fetched when it is printed or saved)."""
-    if o.get("engine", "numpy") != "onnxruntime":
-        return net.forward
-    from ..engines.onnxruntime import OrtEngine
+    """net.forward; on another engine (--engine onnxruntime) every blob version is
+    fetched when the blobs are printed or saved."""
     every = not o.get("quiet") or o.get("_report") is not None or bool(o.get("save"))
-    return OrtEngine(net, versions=every, blobs=o.get("keep") or ()).forward
+    if net.engine == "numpy" or not every:
+        return net.forward
+
+    def forward(blobs=None, on_layer=None, **inputs):
+        return net.forward(blobs=blobs, on_layer=on_layer or (lambda li: None), **inputs)
+    return forward
 
 
 def run_forward(net, o, inputs):

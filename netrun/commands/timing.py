@@ -138,8 +138,7 @@ def time_command(**o):
 def _time_onnxruntime(net, o):
     """--engine onnxruntime: the whole forward pass, timed as one step (ONNX Runtime
     fuses and reorders the layers, so there is no per-layer time); forward only."""
-    from ..engines.onnxruntime import OrtEngine
-    engine = OrtEngine(net)
+    engine = net.engine_session()
     feeds = engine.feeds()
     echo(o, "*** Benchmark begins ***")
     echo(o, f"Testing for {o['iterations']} iterations (ONNX Runtime, forward only).")
