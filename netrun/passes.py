@@ -43,6 +43,79 @@ class Passes:
                 last[name] = li
         return last
 
+    # -- Concat bottoms written in place ---------------------------------------------
+    def _concat_joins(self):
+        """{concat layer: [(bottom, its first channel)]} for every Concat whose bottoms
+        can live inside its top: each made by one layer (not a Split, not an input),
+        touched by nothing else but in-place layers before the Concat, and neither
+        they nor the top written by any layer after it (so each bottom keeps,
+        whenever anything reads it, the values Caffe's separate copy would hold)."""
+        joins = getattr(self, "_joins", None)
+        if joins is not None:
+            return joins
+        writers, users = {}, {}
+        for li in range(len(self.layers)):
+            for name in self.top_ids[li]:
+                writers.setdefault(name, []).append(li)
+            for name in set(self.bottom_ids[li] + self.top_ids[li]):
+                users.setdefault(name, []).append(li)
+        joins = {}
+        for li, layer in enumerate(self.layers):
+            if layer.type != "Concat" or len(self.bottom_ids[li]) < 2:
+                continue
+            top = self.top_ids[li][0]
+            if writers.get(top) != [li]:
+                continue
+            ok = True
+            for name in self.bottom_ids[li]:
+                made = writers.get(name, [])
+                if (name in self.inputs or not made or self.layers[made[0]].type == "Split"
+                        or name in self.bottom_ids[made[0]]           # made in place
+                        or self.bottom_ids[li].count(name) > 1):
+                    ok = False
+                    break
+                for k in users[name]:              # only in-place layers, and the Concat
+                    if k == made[0] or k == li:
+                        continue
+                    if k > li or self.bottom_ids[k] != [name] or self.top_ids[k] != [name]:
+                        ok = False
+                        break
+                if not ok:
+                    break
+            if ok:
+                joins[li] = list(self.bottom_ids[li])
+        self._joins = joins
+        return joins
+
+    def _join_concats(self):
+        """Before a forward: make the bottoms of each joinable Concat views of their
+        slices of its top, when the top's leading axes hold one item (the slices are
+        then contiguous).  Concat.forward skips the bottoms it finds in place; a
+        bottom whose shape changed since (a new input shape) is copied as usual."""
+        for li, names in self._concat_joins().items():
+            layer, top = self.layers[li], self.blobs[self.top_ids[li][0]]
+            axis = getattr(layer, "axis", None)
+            joined = layer.joined
+            if (joined is not None and joined[0] is top._data
+                    and all(self.blobs[n]._data is v for n, v in zip(names, joined[1]))):
+                continue                                  # as last time
+            layer.joined = None
+            if axis is None or int(np.prod(top.shape[:axis])) != 1:
+                continue
+            data, start, views = top.data, 0, []
+            for name in names:
+                blob = self.blobs[name]
+                n = blob.shape[axis] if blob.num_axes == top.num_axes else -1
+                view = data[(slice(None),) * axis + (slice(start, start + n),)]
+                if n < 0 or view.shape != blob.shape or blob.dtype != top.dtype:
+                    break
+                start += n
+                views.append(view)
+            if len(views) == len(names):
+                for name, view in zip(names, views):
+                    self.blobs[name]._data = view
+                layer.joined = (data, views)
+
     # -- in-place chains run tile by tile -----------------------------------------
     def _chain_spans(self):
         """{first: last} of every run of two or more consecutive layers working in
@@ -182,6 +255,7 @@ class Passes:
             self.set_input(name, arr)
         s = self._layer_index(start, 0)
         e = self._layer_index(end, len(self.layers) - 1)
+        self._join_concats()
         obs = steps.observers(observers, on_layer, timer)
         if self.inference:
             obs.append(steps.FreeDead(self, set(self.outputs) | set(blobs or ())))

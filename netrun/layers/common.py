@@ -258,6 +258,8 @@ class Concat(Layer):
     min_bottoms = 1
     exact_tops = 1
 
+    joined = None           # (top array, [view per bottom]): set by Net._join_concats
+
     def setup(self, bottom, top):
         p = self.param.concat_param
         check(not (p.HasField("axis") and p.HasField("concat_dim")),
@@ -285,7 +287,17 @@ class Concat(Layer):
         if len(bottom) == 1:
             top[0].data[...] = bottom[0].data
             return
-        np.concatenate([b.data for b in bottom], axis=self.axis, out=top[0].data)
+        y = top[0].data
+        joined = self.joined if self.joined and self.joined[0] is y else None
+        if joined is None:
+            np.concatenate([b.data for b in bottom], axis=self.axis, out=y)
+            return
+        start, lead = 0, (slice(None),) * self.axis
+        for b, view in zip(bottom, joined[1]):  # the net made these bottoms views of y
+            n = b.shape[self.axis]
+            if b._data is not view:
+                y[lead + (slice(start, start + n),)] = b.data
+            start += n
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff
