@@ -61,6 +61,8 @@ import numpy as np
 
 from .errors import NetrunError
 from .proto import caffe_pb2
+from .snapshots import Snapshots, resolve_output
+from .updates import LR_POLICIES, Updates, fmt, learning_rate  # noqa: F401 (re-exported)
 
 LEGACY_TYPES = {caffe_pb2.SolverParameter.SGD: "SGD",
                 caffe_pb2.SolverParameter.NESTEROV: "Nesterov",
@@ -68,12 +70,6 @@ LEGACY_TYPES = {caffe_pb2.SolverParameter.SGD: "SGD",
                 caffe_pb2.SolverParameter.RMSPROP: "RMSProp",
                 caffe_pb2.SolverParameter.ADADELTA: "AdaDelta",
                 caffe_pb2.SolverParameter.ADAM: "Adam"}
-LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
-
-
-def fmt(x):
-    """A number as C++ ``ostream <<`` prints a float (6 significant digits)."""
-    return f"{float(x):.6g}"
 
 
 # -- reading the solver file ------------------------------------------------------------------
@@ -117,61 +113,6 @@ def resolve_input(name, base_dir, what):
                       f"{base_dir or '.'} and in the current directory)")
 
 
-def resolve_output(prefix, base_dir):
-    """Where a relative snapshot_prefix goes: the solver's folder when its directory
-    exists there, else the current directory (Caffe's only rule)."""
-    if os.path.isabs(prefix) or not base_dir:
-        return prefix
-    cand = os.path.join(base_dir, prefix)
-    if os.path.isdir(os.path.dirname(cand) or "."):
-        return cand
-    return prefix
-
-
-# -- learning rate ------------------------------------------------------------------------------
-def learning_rate(param, it, current_step=0):
-    """Caffe's GetLearningRate at iteration ``it``; returns ``(rate, current_step)``."""
-    try:
-        return _learning_rate(param, it, current_step)
-    except OverflowError:
-        return math.inf, current_step
-
-
-def _learning_rate(param, it, current_step):
-    policy = param.lr_policy
-    base = param.base_lr
-    if policy == "fixed":
-        rate = base
-    elif policy == "step":
-        if param.stepsize <= 0:
-            raise NetrunError('lr_policy "step" needs stepsize > 0')
-        current_step = it // param.stepsize
-        rate = base * math.pow(param.gamma, current_step)
-    elif policy == "exp":
-        rate = base * math.pow(param.gamma, it)
-    elif policy == "inv":
-        rate = base * math.pow(1.0 + param.gamma * it, -param.power)
-    elif policy == "multistep":
-        if current_step < len(param.stepvalue) and it >= param.stepvalue[current_step]:
-            current_step += 1
-        rate = base * math.pow(param.gamma, current_step)
-    elif policy == "poly":
-        if param.max_iter <= 0:
-            raise NetrunError('lr_policy "poly" needs max_iter > 0')
-        x = 1.0 - it / param.max_iter
-        if x < 0 and param.power != int(param.power):
-            raise NetrunError(f'lr_policy "poly" with power {param.power:g} is undefined past '
-                              f"max_iter ({it} > {param.max_iter})")
-        rate = base * math.pow(x, param.power)
-    elif policy == "sigmoid":
-        if param.stepsize <= 0:
-            raise NetrunError('lr_policy "sigmoid" needs stepsize > 0')
-        rate = base / (1.0 + math.exp(-param.gamma * (it - param.stepsize)))
-    else:
-        raise NetrunError(f'unknown lr_policy "{policy}" (known: {", ".join(LR_POLICIES)})')
-    return rate, current_step
-
-
 def check_param(param):
     if param.average_loss < 1:
         raise NetrunError("average_loss must be >= 1")
@@ -194,7 +135,7 @@ def check_param(param):
 
 
 # -- the solver ------------------------------------------------------------------------------------
-class Solver:
+class Solver(Updates, Snapshots):
     """Caffe's Solver + SGDSolver; subclasses give ComputeUpdateValue.
 
     ``Solver(solver, weights=None, seed=None, dtype=np.float32, log=None, inputs=None)``:
@@ -541,141 +482,6 @@ class Solver:
         self._log_outputs(net, "Test", means)
         self.test_scores[i] = means
         return means
-
-    # -- updating -------------------------------------------------------------------------------
-    def apply_update(self, display=False):
-        step = self.current_step
-        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
-        if self.param.lr_policy == "multistep" and self.current_step != step:
-            self.log(f"MultiStep Status: Iteration {self.iter}, step = {self.current_step}")
-        self.rate = rate
-        if display:
-            self.log(f"Iteration {self.iter}, lr = {fmt(rate)}")
-        self.clip_gradients()
-        for i in range(len(self.learnable)):
-            self.normalize(i)
-            self.regularize(i)
-            self.compute_update_value(i, rate)
-        for blob in self.learnable:
-            blob.data[...] -= blob.diff
-
-    def clip_gradients(self):
-        clip = self.param.clip_gradients
-        if clip < 0:
-            return
-        sumsq = sum(float(np.dot(b.diff.ravel(), b.diff.ravel())) for b in self.learnable)
-        norm = math.sqrt(sumsq)
-        if norm > clip:
-            scale = self.dtype.type(clip / norm)
-            self.log(f"Gradient clipping: scaling down gradients (L2 norm {fmt(norm)} > "
-                     f"{fmt(clip)}) by scale factor {fmt(scale)}")
-            for b in self.learnable:
-                b.diff[...] *= scale
-
-    def normalize(self, i):
-        if self.param.iter_size > 1:
-            self.learnable[i].diff[...] *= self.dtype.type(1.0 / self.param.iter_size)
-
-    def regularize(self, i):
-        decay = self.dtype.type(self.param.weight_decay * self.decay_mults[i])
-        if not decay:
-            return
-        b = self.learnable[i]
-        if self.param.regularization_type == "L2":
-            b.diff[...] += decay * b.data
-        else:
-            b.diff[...] += decay * np.sign(b.data)
-
-    def local_rate(self, i, rate):
-        return self.dtype.type(self.dtype.type(rate) * self.dtype.type(self.lr_mults[i]))
-
-    def compute_update_value(self, i, rate):
-        raise NotImplementedError
-
-    def _f(self, x):
-        return self.dtype.type(x)
-
-    # -- snapshots ----------------------------------------------------------------------------
-    def snapshot_filename(self, ext):
-        prefix = resolve_output(self.param.snapshot_prefix, self.base_dir)
-        return f"{prefix}_iter_{self.iter}{ext}"
-
-    def snapshot(self):
-        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``; returns both paths."""
-        from .io.atomic import atomic_write
-        from .io.caffemodel import net_to_proto
-        model = self.snapshot_filename(".caffemodel")
-        folder = os.path.dirname(os.path.abspath(model))
-        if not os.path.isdir(folder):
-            raise NetrunError(f"cannot write snapshots to {self.param.snapshot_prefix!r}: "
-                              f"the folder {folder} does not exist")
-        self.log(f"Snapshotting to binary proto file {model}")
-        proto = net_to_proto(self.net)
-        if self.param.snapshot_diff:
-            for lp, layer in zip(proto.layer, self.net.layers):
-                for bp, blob in zip(lp.blobs, layer.blobs):
-                    if blob.dtype == np.float64:
-                        bp.double_diff.extend(blob.diff.ravel().tolist())
-                    else:
-                        bp.diff.extend(blob.diff.ravel().tolist())
-        with atomic_write(model, "wb") as f:
-            f.write(proto.SerializeToString())
-        state = self.solver_state(model)
-        path = self.snapshot_filename(".solverstate")
-        self.log(f"Snapshotting solver state to binary proto file {path}")
-        with atomic_write(path, "wb") as f:
-            f.write(state.SerializeToString())
-        self._last_snapshot = self.iter
-        return model, path
-
-    def solver_state(self, model_filename=None):
-        state = caffe_pb2.SolverState(iter=self.iter, current_step=self.current_step)
-        if model_filename is not None:
-            state.learned_net = model_filename
-        for h in self.history:
-            bp = state.history.add()
-            bp.shape.dim.extend(h.shape)
-            if h.dtype == np.float64:
-                bp.double_data.extend(h.ravel().tolist())
-            else:
-                bp.data.extend(h.ravel().tolist())
-        return state
-
-    def restore(self, path):
-        """Continue from a .solverstate: iter, current_step, history and the learned_net weights."""
-        from .io.caffemodel import blob_array, blob_shape
-        from .io.prototxt import read_binary
-        path = os.fspath(path)
-        if path.endswith(".h5"):
-            raise NetrunError("HDF5 solver states are not supported; use a .solverstate", path)
-        limit = self.net.budget.limit if getattr(self.net, "budget", None) is not None else None
-        state = read_binary(path, caffe_pb2.SolverState(), limit=limit)
-        if state.HasField("learned_net"):
-            self.net.copy_from(self._find_learned_net(state.learned_net, path))
-        self.iter = state.iter
-        self.current_step = state.current_step
-        if len(state.history) != len(self.history):
-            raise NetrunError(f"holds {len(state.history)} history blobs, the {self.param.type} "
-                              f"solver of this net needs {len(self.history)}", path)
-        for k, bp in enumerate(state.history):
-            shape = self.history[k].shape
-            if int(np.prod(blob_shape(bp), dtype=np.int64)) != int(np.prod(shape, dtype=np.int64)):
-                raise NetrunError(f"history blob {k} has shape {blob_shape(bp)}, the parameter "
-                                  f"has {shape}", path)
-            try:
-                values = blob_array(bp, self.dtype, blob_shape(bp), limit=limit)
-            except NetrunError as e:
-                raise NetrunError(f"history blob {k}: {e.message}", path) from None
-            self.history[k] = values.reshape(shape).copy()
-
-    @staticmethod
-    def _find_learned_net(name, state_path):
-        beside = os.path.join(os.path.dirname(os.path.abspath(state_path)), os.path.basename(name))
-        for cand in (beside, name):
-            if os.path.exists(cand):
-                return cand
-        raise NetrunError(f"its learned_net {name} does not exist (looked beside the "
-                          "solverstate and in the current directory)", state_path)
 
     # -- requests (Ctrl-C) ----------------------------------------------------------------------
     def request(self, action):
