@@ -327,3 +327,19 @@ def test_gemm_acc_is_a_beta_one_gemm(M, K, N, monkeypatch):
     c = c0.copy()
     blas.gemm_acc(a, b, c)
     same(c, c0 + a @ b, "fallback")
+
+
+def test_gemm_with_one_row_is_a_gemm(monkeypatch):
+    """kernels.blas.gemm: c = a @ b as a GEMM even for one row (InnerProduct at batch 1,
+    as Caffe calls it), numpy's product to float32 rounding; without a reachable OpenBLAS,
+    numpy's matmul itself."""
+    from netrun.kernels import blas
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((1, 300)).astype(np.float32)
+    w = rng.standard_normal((40, 300)).astype(np.float32)
+    c = np.full((1, 40), 7, np.float32)
+    blas.gemm(a, w.T, c)
+    np.testing.assert_allclose(c, a @ w.T, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(blas, "_cblas", {})
+    blas.gemm(a, w.T, c)
+    same(c, a @ w.T, "fallback")

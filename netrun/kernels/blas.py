@@ -1,4 +1,5 @@
-"""The one BLAS call numpy does not make: C += A @ B (a GEMM with beta = 1).
+"""The BLAS calls numpy does not make: C += A @ B (a GEMM with beta = 1), and a GEMM
+with one row (numpy makes it a GEMV).
 
 Caffe adds every parameter gradient into the diff with ``caffe_cpu_gemm(..., beta=1)``:
 BLAS adds each block of the product into C as it goes, C is read and written once,
@@ -100,17 +101,30 @@ def _operand(a):
 def gemm_acc(a, b, c):
     """c += a @ b for 2-D a (M, K), b (K, N), c (M, N) C-contiguous, as one BLAS GEMM
     with beta = 1 (Caffe's accumulation into a parameter diff)."""
+    return _gemm(a, b, c, 1.0)
+
+
+def gemm(a, b, c):
+    """c = a @ b as one BLAS GEMM (beta = 0) whatever the shapes: numpy's matmul makes a
+    product with one row a GEMV, which sums in another order than the GEMM Caffe calls
+    (InnerProduct at batch 1)."""
+    return _gemm(a, b, c, 0.0)
+
+
+def _gemm(a, b, c, beta):
     M, K = a.shape
     N = b.shape[1]
-    if M == 0 or N == 0 or K == 0:
+    if M == 0 or N == 0:
         return c
     fn = cblas().get(c.dtype)
     ta, tb = _operand(a), _operand(b)
-    if (fn is None or ta is None or tb is None or a.dtype != c.dtype or b.dtype != c.dtype
-            or not c.flags.c_contiguous):
+    if (K == 0 or fn is None or ta is None or tb is None or a.dtype != c.dtype
+            or b.dtype != c.dtype or not c.flags.c_contiguous):
+        if beta == 0.0:
+            return np.matmul(a, b, out=c)
         prod = np.matmul(a, b, out=scratch("gemm_acc", (M, N), c.dtype))
         np.add(c, prod, out=c)
         return c
     fn(_ROW_MAJOR, _TRANS if ta[0] else _NO_TRANS, _TRANS if tb[0] else _NO_TRANS,
-       M, N, K, 1.0, a.ctypes.data, ta[1], b.ctypes.data, tb[1], 1.0, c.ctypes.data, N)
+       M, N, K, 1.0, a.ctypes.data, ta[1], b.ctypes.data, tb[1], beta, c.ctypes.data, N)
     return c

@@ -395,7 +395,9 @@ class Scale(Layer):
                       top[0].data.itemsize)
 
     def channel_backward(self, top, propagate_down, bottom):
-        """Per channel range: db += sum dy, ds += sum dy * x, dx = dy * s (one bottom)."""
+        """Per channel range: db += sum dy, ds += sum dy * x, dx = dy * s (one bottom).
+        For one item the sums are Caffe's (a GEMV with ones along each plane, added into
+        the diff); for several, numpy's (Caffe loops over the items there, slower)."""
         if len(bottom) > 1:
             return None
         outer, dim, inner = self.dims
@@ -407,12 +409,20 @@ class Scale(Layer):
         s = self.blobs[0].data.reshape(1, dim, 1)
         dx = bottom[0].diff.reshape(outer, dim, inner) if propagate_down[0] else None
 
+        ones = np.ones(inner, dy.dtype) if outer == 1 else None
+
         def part(lo, hi):
             d = dy[:, lo:hi]
-            if db is not None:
-                db[lo:hi] += _channel_sums(d)
-            if ds is not None:
-                ds[lo:hi] += np.einsum("ijk,ijk->j", d, x[:, lo:hi])   # no temporary
+            if ones is not None:        # one item: Caffe's GEMVs along the planes
+                if db is not None:
+                    db[lo:hi] += d[0] @ ones
+                if ds is not None:
+                    ds[lo:hi] += (d[0] * x[0, lo:hi]) @ ones
+            else:
+                if db is not None:
+                    db[lo:hi] += _channel_sums(d)
+                if ds is not None:
+                    ds[lo:hi] += np.einsum("ijk,ijk->j", d, x[:, lo:hi])   # no temporary
             if dx is not None:
                 np.multiply(d, s[:, lo:hi], out=dx[:, lo:hi])
         return part
