@@ -1,7 +1,8 @@
 """Kernels: the hot non-GEMM work of the layers, one module per kind of work.
 
-    im2col     convolution geometry, im2col / col2im, the GEMM products (BLAS, in
-               Caffe's operand order) and the transposed store of their results
+    im2col     convolution geometry, im2col / col2im, the GEMM products (Caffe's own
+               BLAS calls) and the bias add after them
+    blas       the GEMMs numpy does not make (beta = 1, one row)
     depthwise  depthwise convolution backward
     pooling    MAX / AVE / STOCHASTIC pooling forward and backward
     lrn        LRN across channels

@@ -23,8 +23,7 @@ from .elementwise import sum_into
 from .layout import _cdiv, _pool_axis_range, _prod, valid_cols
 from .scratch import scratch
 from .select import jit, kernel, uint64
-from . import tiles
-from .tiles import in_parts, parallel_copyto, run_tiles
+from .tiles import in_parts, parallel_copyto
 
 _ALL = slice(None)
 
@@ -354,17 +353,8 @@ def im2col_copy_numba(g, x, cols):
     x = np.ascontiguousarray(x)
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.pad, g.dilation
     C = x.shape[1]
-    _by_threads(lambda lo, hi: _im2col_loops(x, cols, lo, hi, sh, sw, ph, pw, dh, dw),
+    in_parts(lambda lo, hi: _im2col_loops(x, cols, lo, hi, sh, sw, ph, pw, dh, dw),
                 C, cols.nbytes)
-
-
-def _by_threads(fn, n, nbytes):
-    """fn(lo, hi) over [0, n), one range per thread when the work is worth sharing."""
-    if tiles.THREADS < 2 or n < 2 or nbytes < tiles.PARALLEL_MIN_BYTES:
-        fn(0, n)
-        return
-    cuts = [n * i // tiles.THREADS for i in range(tiles.THREADS + 1)]
-    run_tiles(fn, [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
 
 
 @jit
@@ -393,7 +383,7 @@ def col2im_sum_numba(g, cols, in_sp, out_sp, acc):
     if g.nsp != 2:
         return col2im_sum_numpy(g, cols, in_sp, out_sp, acc)
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.pad, g.dilation
-    _by_threads(lambda lo, hi: _col2im_loops(cols, acc, lo, hi, sh, sw, ph, pw, dh, dw),
+    in_parts(lambda lo, hi: _col2im_loops(cols, acc, lo, hi, sh, sw, ph, pw, dh, dw),
                 cols.shape[1], cols.size * cols.itemsize)
 
 
@@ -416,7 +406,7 @@ def _bias_inplace(y, bias, lo, hi):
 
 
 def add_bias_numba(y, bias):
-    _by_threads(lambda lo, hi: _bias_inplace(y, bias, lo, hi), y.shape[1], 2 * y.nbytes)
+    in_parts(lambda lo, hi: _bias_inplace(y, bias, lo, hi), y.shape[1], 2 * y.nbytes)
 
 
 im2col_copy = kernel(im2col_copy_numpy, im2col_copy_numba)

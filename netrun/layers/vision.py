@@ -312,7 +312,7 @@ class Convolution(_BaseConvolution):
             for a, z in chunks:
                 prep = g.prepare(x[a:z], self.out_sp, G, out=buf)
                 g.conv_forward(prep, w, G, z - a, self.out_sp, out=y[a:z], bias=bias)
-                if buf is not None and prep[0] == "cols":
+                if buf is not None:
                     self._kept = (b.data, prep)
 
     def backward(self, top, propagate_down, bottom):
