@@ -511,41 +511,76 @@ def _column_phases(xp, xph, sw, pw, fill):
 
 
 @jit
-def _max_pool_loops(x, y, idx, lo, hi, kh, kw, sh, sw, ph, pw, neg, want_idx, xph):
+def _max_pool_loops(x, y, idx, lo, hi, kh, kw, sh, sw, ph, pw, neg, want_idx, xpp):
+    # Each plane is first copied into its row and column phases (padding -inf):
+    # xpp[ra, ca, r * Wq + q] = x[r sh + ra - ph, q sw + ca - pw].  Window offset
+    # (a, b) of output (i, j) is then xpp[a mod sh, b mod sw, (i + a div sh) Wq +
+    # j + b div sw]: for one offset, every output of the plane is one contiguous run
+    # (Wq - ow columns of each row are computed and dropped), a loop long enough to
+    # vectorize however small the plane.  Offsets in row-major order, strict >: the
+    # first maximum is kept, NaN and ties never replace it, -inf padding never wins
+    # (Caffe's windows are clipped to the image: the same maximum and index).
     H, W = x.shape[1], x.shape[2]
     oh, ow = y.shape[1], y.shape[2]
-    m = np.empty(ow, x.dtype)
-    best = np.empty(ow, np.int32)
+    Hq = xpp.shape[2]
+    Wq = xpp.shape[3]
+    n = oh * Wq
+    m = np.empty(n, x.dtype)
+    best = np.empty(n, np.int32)
     for p in range(lo, hi):
-        _column_phases(x[p], xph, sw, pw, -np.inf)
-        for i in range(oh):
-            h0 = i * sh - ph
-            h1 = min(h0 + kh, H)
-            h0 = max(h0, 0)
-            m[:] = neg
-            best[:] = -1
-            for h in range(h0, h1):            # row-major window order: the first
-                for b in range(kw):            # maximum is kept (strict >: NaN and
-                    r = xph[h, b % sw]         # ties never replace it)
-                    c = b // sw
-                    if want_idx:
-                        base = h * W + b - pw
-                        for j in range(ow):
-                            u = uint64(j)
-                            v = r[uint64(j + c)]
-                            mj = m[u]
-                            better = v > mj
-                            m[u] = v if better else mj
-                            best[u] = int32(base + j * sw) if better else best[u]
+        xp = x[p]
+        for ra in range(min(sh, kh)):          # (phases past the window: never read)
+            for ca in range(min(sw, kw)):
+                for r in range(Hq):
+                    row = xpp[ra, ca, r]
+                    h = r * sh + ra - ph
+                    if 0 <= h < H:
+                        xr = xp[h]
+                        for q in range(Wq):
+                            w = q * sw + ca - pw
+                            row[uint64(q)] = xr[uint64(w)] if 0 <= w < W else -np.inf
                     else:
-                        for j in range(ow):
-                            u = uint64(j)
-                            v = r[uint64(j + c)]
-                            mj = m[u]
-                            m[u] = v if v > mj else mj
-            y[p, i, :] = m
+                        row[:] = -np.inf
+        flat = xpp.reshape(sh * sw, Hq * Wq)
+        m[:] = neg
+        best[:] = -1
+        for a in range(kh):
+            for b in range(kw):
+                src = flat[(a % sh) * sw + b % sw]
+                base = (a // sh) * Wq + b // sw
+                if want_idx:
+                    code = int32(a * kw + b)
+                    for k in range(n):
+                        u = uint64(k)
+                        v = src[uint64(base + k)]
+                        mk = m[u]
+                        better = v > mk
+                        m[u] = v if better else mk
+                        best[u] = code if better else best[u]
+                else:
+                    for k in range(n):
+                        u = uint64(k)
+                        v = src[uint64(base + k)]
+                        mk = m[u]
+                        m[u] = v if v > mk else mk
+        for i in range(oh):
+            yr = y[p, i]
+            for j in range(ow):
+                yr[uint64(j)] = m[uint64(i * Wq + j)]
             if want_idx:
-                idx[p, i, :] = best
+                ir = idx[p, i]
+                for j in range(ow):
+                    c = best[uint64(i * Wq + j)]
+                    ir[uint64(j)] = -1 if c < 0 else int32(
+                        (i * sh - ph + c // kw) * W + j * sw - pw + c % kw)
+
+
+def _plane_phases(g, dtype):
+    """The phase buffer of one plane (see _max_pool_loops): one spare row, as the
+    last offsets' runs end up to (kw - 1) div sw past the last row."""
+    Wq = g.ow + (g.kw - 1) // g.sw
+    Hq = g.oh + (g.kh - 1) // g.sh + 1
+    return np.empty((g.sh, g.sw, Hq, Wq), dtype)
 
 
 def _phase_buffer(g, dtype):
@@ -566,7 +601,7 @@ def max_pool_select_numba(x, g, out=None, select=True):
     neg = x.dtype.type(-FLT_MAX)
     run_tiles(lambda lo, hi: _max_pool_loops(x3, y3, i3, lo, hi, g.kh, g.kw, g.sh, g.sw,
                                              g.ph, g.pw, neg, select,
-                                             _phase_buffer(g, x.dtype)),
+                                             _plane_phases(g, x.dtype)),
               _thread_parts(NC, x[0, 0].nbytes))
     return y, idx
 
