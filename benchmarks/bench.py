@@ -32,7 +32,7 @@ from pathlib import Path
 
 # as `import netrun` does when it comes first: idle OpenBLAS workers must not spin on
 # the cores netrun's element-wise threads use (the worker imports numpy first)
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(os.environ.get("NETRUN_CONFORMANCE", ROOT.parent / "shared" / "conformance" / "cases"))

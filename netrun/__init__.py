@@ -11,11 +11,13 @@ import os as _os
 import sys as _sys
 import warnings as _warnings
 
-# Idle OpenBLAS workers spin on the cores for ~0.1 s after each GEMM, starving the
-# element-wise tiles netrun runs on the same cores (see kernels/tiles.py).  The
-# shortest spin only makes them sleep sooner; it must be set before numpy loads.
+# Idle OpenBLAS workers spin on the cores for ~0.1 s after each GEMM (2^28 cycles),
+# starving the element-wise tiles netrun runs on the same cores (see kernels/tiles.py);
+# 2^20 cycles (~0.4 ms) keeps them awake between the GEMMs of one layer and the next
+# and lets them sleep before a long tile.  It only changes when idle BLAS threads
+# sleep; it must be set before numpy loads.
 if "numpy" not in _sys.modules:
-    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 from .blob import Blob
 from .errors import NetrunError
