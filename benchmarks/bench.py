@@ -347,7 +347,9 @@ def main():
         head += " Caffe bwd ms |"
         for n in names:
             head += f" {n} bwd ms | ratio |"
-        head += " peak RSS MB | GEMM GF/s |"
+        for n in names:
+            head += f" {n} peak RSS MB |" if len(names) > 1 else " peak RSS MB |"
+        head += " GEMM GF/s |"
         if args.torch:
             head += " PyTorch fwd | PyTorch bwd |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
@@ -406,8 +408,9 @@ def main():
                     line += f" {v:.1f} | {v / c:.2f} |"
                     if v > c and e == engines[0] and (net, batch) not in [x[:2] for x in slow]:
                         slow.append((net, batch, results[(row, e)][0]))
-            rss = max(r["rss_mb"] for r in results[(row, engines[0])])
-            line += f" {rss:.0f} | {max(gemm[row]):.0f} |"
+            for e in engines:
+                line += f" {max(r['rss_mb'] for r in results[(row, e)]):.0f} |"
+            line += f" {max(gemm[row]):.0f} |"
             if args.torch:
                 t = run_child(net, batch, args.iterations, ["--engine", "torch"])
                 line += (f" error: {t['error']} | |" if "error" in t else
