@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .layout import _plane_tiles, _planes, _pool_axis_range, wide_grid
+from .layout import _plane_tiles, _planes, _pool_axis_range, valid_cols, wide_grid
 from .scratch import scratch
 from .select import int32, jit, kernel, uint64
 from .tiles import run_tiles, tile_ranges
@@ -526,30 +526,36 @@ def _max_pool_loops(x, y, idx, lo, hi, kh, kw, sh, sw, ph, pw, neg, want_idx, xp
     Wq = xpp.shape[3]
     n = oh * Wq
     m = np.empty(n, x.dtype)
-    best = np.empty(n, np.int32)
+    best = np.empty(n, np.int32)        # the winner's a W + b (its index - the origin's)
+    none = int32(-2147483648)
     for p in range(lo, hi):
         xp = x[p]
         for ra in range(min(sh, kh)):          # (phases past the window: never read)
             for ca in range(min(sw, kw)):
+                off = ca - pw
+                qlo, qhi = valid_cols(off, sw, W, Wq)
                 for r in range(Hq):
                     row = xpp[ra, ca, r]
                     h = r * sh + ra - ph
                     if 0 <= h < H:
                         xr = xp[h]
-                        for q in range(Wq):
-                            w = q * sw + ca - pw
-                            row[uint64(q)] = xr[uint64(w)] if 0 <= w < W else -np.inf
+                        for q in range(qlo):
+                            row[uint64(q)] = -np.inf
+                        for q in range(qlo, qhi):
+                            row[uint64(q)] = xr[uint64(q * sw + off)]
+                        for q in range(qhi, Wq):
+                            row[uint64(q)] = -np.inf
                     else:
                         row[:] = -np.inf
         flat = xpp.reshape(sh * sw, Hq * Wq)
         m[:] = neg
-        best[:] = -1
+        best[:] = none
         for a in range(kh):
             for b in range(kw):
                 src = flat[(a % sh) * sw + b % sw]
                 base = (a // sh) * Wq + b // sw
                 if want_idx:
-                    code = int32(a * kw + b)
+                    code = int32(a * W + b)
                     for k in range(n):
                         u = uint64(k)
                         v = src[uint64(base + k)]
@@ -569,10 +575,10 @@ def _max_pool_loops(x, y, idx, lo, hi, kh, kw, sh, sw, ph, pw, neg, want_idx, xp
                 yr[uint64(j)] = m[uint64(i * Wq + j)]
             if want_idx:
                 ir = idx[p, i]
+                origin = (i * sh - ph) * W - pw
                 for j in range(ow):
                     c = best[uint64(i * Wq + j)]
-                    ir[uint64(j)] = -1 if c < 0 else int32(
-                        (i * sh - ph + c // kw) * W + j * sw - pw + c % kw)
+                    ir[uint64(j)] = int32(-1) if c == none else int32(origin + j * sw + c)
 
 
 def _plane_phases(g, dtype):
