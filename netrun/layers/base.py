@@ -221,3 +221,25 @@ def canonical_axis(axis, num_axes):
     if not -num_axes <= axis < max(num_axes, 1):
         raise LayerError(f"axis {axis} out of range for a {num_axes}-D blob")
     return axis + num_axes if axis < 0 else axis
+
+
+def not_in_place(layer, bottom, top):
+    """Caffe's layers that cannot overwrite their input: a top that is a bottom is an error."""
+    for t in top:
+        for b in bottom:
+            if t is b:
+                raise LayerError(f"{layer.type} does not allow in-place computation")
+
+
+def shape_count(shape, start=0, end=None):
+    """Caffe's Blob::count(start, end): the product of those dimensions."""
+    return int(np.prod(shape[start:end], dtype=np.int64))
+
+
+def no_gradient(layer, blob, what):
+    """Caffe aborts when asked for a gradient to indices; netrun gives 0 and warns once."""
+    blob.diff[...] = 0
+    if not getattr(layer, "_warned", False):
+        layer._warned = True
+        layer.ctx.warn(f'layer "{layer.name}" ({layer.type}): no gradient flows to {what} '
+                       "(Caffe aborts here); it is set to 0")
