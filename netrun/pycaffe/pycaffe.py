@@ -19,7 +19,7 @@ from .. import solver as _solver
 from ..blob import Blob                          # noqa: F401  (caffe._caffe.Blob)
 from ..errors import NetrunError
 from ..layers import registered_types
-from ..layers.data import PyLayerBase as Layer   # noqa: F401  (caffe.Layer)
+from ..layers.python import PyLayerBase as Layer   # noqa: F401  (caffe.Layer)
 from ..proto import caffe_pb2
 from ..steps import Callbacks
 
