@@ -187,8 +187,19 @@ class Slice(Layer):
             dx[self._index(a, b)] = t.diff
 
 
+class _View(Layer):
+    """A top that is the bottom's data under another shape (Flatten, Reshape)."""
+
+    def forward(self, bottom, top):
+        top[0].data = bottom[0].data.reshape(top[0].shape)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff.reshape(bottom[0].shape)
+
+
 @register("Flatten")
-class Flatten(Layer):
+class Flatten(_View):
     """Merges axes ``axis``..``end_axis`` (flatten_param; defaults 1 and -1) into one.
 
     The top is a view of the bottom's data (Caffe shares the memory);
@@ -210,16 +221,9 @@ class Flatten(Layer):
                                 f"(input {shape})")
         top[0].reshape(shape[:start] + (shape_count(shape, start, end + 1),) + shape[end + 1:])
 
-    def forward(self, bottom, top):
-        top[0].data = bottom[0].data.reshape(top[0].shape)
-
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            bottom[0].diff[...] = top[0].diff.reshape(bottom[0].shape)
-
 
 @register("Reshape")
-class Reshape(Layer):
+class Reshape(_View):
     """Gives the bottom a new shape without touching the data (reshape_param).
 
     ``shape`` replaces the axes ``axis`` .. ``axis + num_axes`` (defaults 0 and -1 =
@@ -272,13 +276,6 @@ class Reshape(Layer):
             raise LayerError(f"reshape to {tuple(new)} ({shape_count(new)} elements) does not fit the "
                              f"input {shape} ({bottom[0].count} elements)")
         top[0].reshape(new)
-
-    def forward(self, bottom, top):
-        top[0].data = bottom[0].data.reshape(top[0].shape)
-
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            bottom[0].diff[...] = top[0].diff.reshape(bottom[0].shape)
 
 
 @register("Tile")
