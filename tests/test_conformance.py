@@ -17,9 +17,9 @@ WORST = {}
 
 def pytest_terminal_summary_lines():
     lines = []
-    for (name, route), (ratio, key, absdiff, ew) in sorted(WORST.items()):
-        lines.append(f"{name:<34} {route:<4} worst {ratio:8.3g} x tol   abs {absdiff:9.3g}   "
-                     f"{key:<34} element-wise {ew:8.3g} x")
+    for (name, route, engine), (ratio, key, absdiff, ew) in sorted(WORST.items()):
+        lines.append(f"{name:<34} {route:<4} {engine:<6} worst {ratio:8.3g} x tol   "
+                     f"abs {absdiff:9.3g}   {key:<34} element-wise {ew:8.3g} x")
     return lines
 
 
@@ -51,10 +51,10 @@ def kernel_engine(request):
 
 
 @pytest.mark.parametrize("name,route", _params())
-def test_case(name, route):
+def test_case(name, route, kernel_engine):
     case = C.Case(CASES[name])
     ours = C.run_api(case) if route == "api" else C.run_cli(case)
     rep = C.compare(case, ours)
     key, ratio, absdiff, _ = rep.worst
-    WORST[(name, route)] = (ratio, key, absdiff, rep.worst_elementwise()[1])
+    WORST[(name, route, kernel_engine)] = (ratio, key, absdiff, rep.worst_elementwise()[1])
     assert rep.ok, rep.failures()
