@@ -82,6 +82,40 @@ def test_pooling_twins_agree_bit_for_bit(H, W, k, s, p, ceil, dtype):
     same(*twins(kernels.ave_pool_backward, dy, g), "ave backward")
 
 
+@needs_numba
+def test_max_pooling_twins_agree_on_random_geometries():
+    """Rectangular windows and strides, strides past the window and past the input, CEIL
+    and FLOOR, with ties, NaN and -inf: the compiled loop's phase layout gives the numpy
+    twin's maxima, first-maximum indices and gradients (and the same maxima without
+    indices, as inference runs it)."""
+    rng = np.random.default_rng(11)
+    checked = 0
+    while checked < 120:
+        H, W = (int(v) for v in rng.integers(1, 16, 2))
+        kh, kw = (int(v) for v in rng.integers(1, 7, 2))
+        sh, sw = (int(v) for v in rng.integers(1, 8, 2))
+        ph, pw = int(rng.integers(0, kh)), int(rng.integers(0, kw))
+        if H + 2 * ph < kh or W + 2 * pw < kw:
+            continue
+        g = P.PoolGeometry(H, W, (kh, kw), (sh, sw), (ph, pw), bool(rng.integers(0, 2)))
+        if g.oh <= 0 or g.ow <= 0:
+            continue
+        x = rng.integers(-2, 3, size=(2, 3, H, W)).astype(np.float32)
+        x[rng.random(x.shape) < 0.08] = np.nan
+        x[rng.random(x.shape) < 0.08] = -np.inf
+        where = f"{H}x{W} kernel {kh}x{kw} stride {sh}x{sw} pad {ph}x{pw}"
+        (y0, s0), (y1, s1) = twins(kernels.max_pool_select, x, g)
+        same(y0, y1, "max " + where, zero_signs=False)
+        same(kernels.select_to_index.numpy(s0, g, y0.shape),
+             kernels.select_to_index.numba(s1, g, y1.shape), "index " + where)
+        dy = rng.standard_normal(y0.shape).astype(np.float32)
+        same(kernels.max_pool_backward.numpy(dy, s0, g, np.empty_like(x)),
+             kernels.max_pool_backward.numba(dy, s1, g, np.empty_like(x)), "backward " + where)
+        same(kernels.max_pool_select.numba(x, g, select=False)[0], y0,
+             "max without indices " + where, zero_signs=False)
+        checked += 1
+
+
 CONVS = [((2, 3, 9, 8), 3, 1, 1, 1), ((1, 4, 11, 7), 3, 2, 1, 1), ((2, 2, 10, 10), 5, 2, 2, 1),
          ((1, 3, 9, 9), 3, 1, 2, 2), ((3, 2, 6, 5), 2, 3, 0, 1), ((1, 2, 4, 4), 7, 1, 3, 1)]
 
