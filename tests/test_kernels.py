@@ -83,11 +83,11 @@ def test_pooling_twins_agree_bit_for_bit(H, W, k, s, p, ceil, dtype):
 
 
 @needs_numba
-def test_max_pooling_twins_agree_on_random_geometries():
+def test_pooling_twins_agree_on_random_geometries():
     """Rectangular windows and strides, strides past the window and past the input, CEIL
-    and FLOOR, with ties, NaN and -inf: the compiled loop's phase layout gives the numpy
-    twin's maxima, first-maximum indices and gradients (and the same maxima without
-    indices, as inference runs it)."""
+    and FLOOR, with ties, NaN, -inf and -0.0: the compiled loops' phase layout gives the
+    numpy twin's maxima, first-maximum indices and gradients (and the same maxima without
+    indices, as inference runs it), and the same AVE sums to the last bit."""
     rng = np.random.default_rng(11)
     checked = 0
     while checked < 120:
@@ -113,6 +113,10 @@ def test_max_pooling_twins_agree_on_random_geometries():
              kernels.max_pool_backward.numba(dy, s1, g, np.empty_like(x)), "backward " + where)
         same(kernels.max_pool_select.numba(x, g, select=False)[0], y0,
              "max without indices " + where, zero_signs=False)
+        x[rng.random(x.shape) < 0.08] = -0.0
+        x[rng.random(x.shape) < 0.3] *= np.float32(0.37)
+        with np.errstate(invalid="ignore"):
+            same(*twins(kernels.ave_pool, x, g), "ave " + where)
         checked += 1
 
 
