@@ -499,11 +499,11 @@ def _thread_parts(n, unit_bytes):
 def _fill_phases(xp, xpp, kh, kw, sh, sw, ph, pw, fill):
     """One plane (H, W) into its row and column phases: xpp[ra, ca, r, q] =
     xp[r sh + ra - ph, q sw + ca - pw], ``fill`` outside the image (each row as three
-    runs: padding, image, padding).  Phases past the window are never read: not filled."""
+    runs: padding, image, padding)."""
     H, W = xp.shape
     Hq, Wq = xpp.shape[2], xpp.shape[3]
-    for ra in range(min(sh, kh)):
-        for ca in range(min(sw, kw)):
+    for ra in range(xpp.shape[0]):
+        for ca in range(xpp.shape[1]):
             off = ca - pw
             qlo, qhi = valid_cols(off, sw, W, Wq)
             for r in range(Hq):
@@ -535,6 +535,7 @@ def _max_pool_loops(x, y, idx, lo, hi, kh, kw, sh, sw, ph, pw, neg, want_idx, xp
     oh, ow = y.shape[1], y.shape[2]
     Hq = xpp.shape[2]
     Wq = xpp.shape[3]
+    nca = xpp.shape[1]                  # column phases kept: min(sw, kw)
     n = oh * Wq
     m = np.empty(n, x.dtype)
     best = np.empty(n, np.int32)        # the winner's a W + b (its index - the origin's)
@@ -542,12 +543,12 @@ def _max_pool_loops(x, y, idx, lo, hi, kh, kw, sh, sw, ph, pw, neg, want_idx, xp
     ninf = x.dtype.type(-np.inf)
     for p in range(lo, hi):
         _fill_phases(x[p], xpp, kh, kw, sh, sw, ph, pw, ninf)
-        flat = xpp.reshape(sh * sw, Hq * Wq)
+        flat = xpp.reshape(xpp.shape[0] * nca, Hq * Wq)
         m[:] = neg
         best[:] = none
         for a in range(kh):
             for b in range(kw):
-                src = flat[(a % sh) * sw + b % sw]
+                src = flat[(a % sh) * nca + b % sw]
                 base = (a // sh) * Wq + b // sw
                 if want_idx:
                     code = int32(a * W + b)
@@ -577,11 +578,12 @@ def _max_pool_loops(x, y, idx, lo, hi, kh, kw, sh, sw, ph, pw, neg, want_idx, xp
 
 
 def _plane_phases(g, dtype):
-    """The phase buffer of one plane (see _max_pool_loops): one spare row, as the
-    last offsets' runs end up to (kw - 1) div sw past the last row."""
+    """The phase buffer of one plane (see _max_pool_loops): only the phases a window
+    reads (min(s, k) of each axis: a stride past the window skips the rest), and one
+    spare row, as the last offsets' runs end up to (kw - 1) div sw past the last row."""
     Wq = g.ow + (g.kw - 1) // g.sw
     Hq = g.oh + (g.kh - 1) // g.sh + 1
-    return np.empty((g.sh, g.sw, Hq, Wq), dtype)
+    return np.empty((min(g.sh, g.kh), min(g.sw, g.kw), Hq, Wq), dtype)
 
 
 def _phase_buffer(g, dtype):
@@ -643,15 +645,16 @@ def _ave_pool_loops(x, y, size, lo, hi, kh, kw, sh, sw, ph, pw, zero, xpp):
     oh, ow = y.shape[1], y.shape[2]
     Hq = xpp.shape[2]
     Wq = xpp.shape[3]
+    nca = xpp.shape[1]                  # column phases kept: min(sw, kw)
     n = oh * Wq
     acc = np.empty(n, x.dtype)
     for p in range(lo, hi):
         _fill_phases(x[p], xpp, kh, kw, sh, sw, ph, pw, zero)
-        flat = xpp.reshape(sh * sw, Hq * Wq)
+        flat = xpp.reshape(xpp.shape[0] * nca, Hq * Wq)
         acc[:] = zero
         for a in range(kh):
             for b in range(kw):
-                src = flat[(a % sh) * sw + b % sw]
+                src = flat[(a % sh) * nca + b % sw]
                 base = (a // sh) * Wq + b // sw
                 for k in range(n):
                     acc[uint64(k)] += src[uint64(base + k)]
