@@ -223,6 +223,14 @@ def canonical_axis(axis, num_axes):
     return axis + num_axes if axis < 0 else axis
 
 
+def not_in_place(layer, bottom, top):
+    """Caffe's layers that cannot overwrite their input: a top that is a bottom is an error."""
+    for t in top:
+        for b in bottom:
+            if t is b:
+                raise LayerError(f"{layer.type} does not allow in-place computation")
+
+
 def shape_count(shape, start=0, end=None):
     """Caffe's Blob::count(start, end): the product of those dimensions."""
     return int(np.prod(shape[start:end], dtype=np.int64))

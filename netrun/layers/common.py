@@ -9,7 +9,7 @@ from .. import kernels
 from ..errors import LayerError, check
 from ..kernels.blas import gemm, gemm_acc
 from ..kernels.tiles import flat_parts
-from .base import Layer, canonical_axis, no_gradient, register, shape_count
+from .base import Layer, canonical_axis, no_gradient, not_in_place, register, shape_count
 
 # InnerProduct with one item: Caffe's one-row GEMM up to this much weight memory
 ROW_GEMM_MAX_BYTES = 16 << 20
@@ -218,7 +218,6 @@ class Reduction(Layer):
     SUMSQ  y = c sum x_d^2         dE/dx_d = 2 c dE/dy x_d
     MEAN   y = (c/D) sum x_d       dE/dx_d = (c/D) dE/dy
     """
-    in_place_ok = False
     exact_bottoms = 1
     exact_tops = 1
 
@@ -226,6 +225,7 @@ class Reduction(Layer):
         self.op = self.param.reduction_param.operation
         check(self.op in (REDUCTION_SUM, REDUCTION_ASUM, REDUCTION_SUMSQ, REDUCTION_MEAN),
               f"unknown Reduction operation {self.op}")
+        not_in_place(self, bottom, top)
 
     def reshape(self, bottom, top):
         p = self.param.reduction_param
@@ -286,7 +286,6 @@ class ArgMax(Layer):
     padded with 1s to the bottom's number of axes.  Ties go to the larger index.
     No backward in Caffe.
     """
-    in_place_ok = False
     exact_bottoms = 1
     exact_tops = 1
     has_backward = False
@@ -297,6 +296,7 @@ class ArgMax(Layer):
         self.top_k = int(p.top_k)
         check(self.top_k >= 1, "argmax_param.top_k must be at least 1")
         self.has_axis = p.HasField("axis")
+        not_in_place(self, bottom, top)
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -345,7 +345,6 @@ class Accuracy(Layer):
     not counted; 0/0 gives NaN as in Caffe); the optional top 1 holds the accuracy per
     class (0 for a class that never occurs).  No backward in Caffe.
     """
-    in_place_ok = False
     exact_bottoms = 2
     min_tops = 1
     max_tops = 2
@@ -355,6 +354,7 @@ class Accuracy(Layer):
         p = self.param.accuracy_param
         self.top_k = int(p.top_k)
         self.ignore = int(p.ignore_label) if p.HasField("ignore_label") else None
+        not_in_place(self, bottom, top)
 
     def reshape(self, bottom, top):
         x, lab = bottom[0], bottom[1]
@@ -406,7 +406,6 @@ class Embed(Layer):
     dE/dW[k] += sum of dE/dy over the positions with index k;  dE/db += sum of dE/dy
     No gradient to the indices.
     """
-    in_place_ok = False
     exact_bottoms = 1
     exact_tops = 1
 
@@ -420,6 +419,7 @@ class Embed(Layer):
         self.blobs = [self.new_param((self.K, self.N), p.weight_filler)]
         if self.bias_term:
             self.blobs.append(self.new_param((self.N,), p.bias_filler))
+        not_in_place(self, bottom, top)
         self._warned = False
 
     def allow_force_backward(self, bottom_index):

@@ -412,7 +412,9 @@ class Log(NeuronLayer):
 @register("AbsVal")
 class AbsVal(NeuronLayer):
     """y = |x|;  dE/dx = dE/dy * sign(x)  (sign(0) = 0).  Caffe forbids running in place."""
-    in_place_ok = False
+
+    def setup(self, bottom, top):
+        check(not self.in_place(bottom, top), "AbsVal does not allow in-place computation")
 
     def forward(self, bottom, top):
         np.abs(bottom[0].data, out=top[0].data)

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import LayerError, check
-from .base import Layer, canonical_axis, no_gradient, register, shape_count
+from .base import Layer, canonical_axis, no_gradient, not_in_place, register, shape_count
 
 
 @register("Split")
@@ -62,7 +62,6 @@ class Concat(Layer):
 
     y = [x_1, x_2, ...] along the axis;  dE/dx_i = the matching slice of dE/dy
     """
-    in_place_ok = False
     min_bottoms = 1
     exact_tops = 1
 
@@ -72,6 +71,7 @@ class Concat(Layer):
         p = self.param.concat_param
         check(not (p.HasField("axis") and p.HasField("concat_dim")),
               "Concat takes either axis or concat_dim, not both")
+        not_in_place(self, bottom, top)
 
     def reshape(self, bottom, top):
         p = self.param.concat_param
@@ -125,7 +125,6 @@ class Slice(Layer):
 
     y_i = x[..., p_{i-1}:p_i, ...];   dE/dx = the dE/dy_i put back in place
     """
-    in_place_ok = False
     exact_bottoms = 1
     min_tops = 1
 
@@ -133,6 +132,7 @@ class Slice(Layer):
         p = self.param.slice_param
         check(not (p.HasField("axis") and p.HasField("slice_dim")),
               "Slice takes either axis or slice_dim, not both")
+        not_in_place(self, bottom, top)
 
     def reshape(self, bottom, top):
         p = self.param.slice_param
@@ -188,11 +188,7 @@ class Slice(Layer):
 
 
 class _View(Layer):
-    """A top that is the bottom's data under another shape (Flatten, Reshape); never in
-    place (the top is a view of the bottom)."""
-    in_place_ok = False
-    exact_bottoms = 1
-    exact_tops = 1
+    """A top that is the bottom's data under another shape (Flatten, Reshape)."""
 
     def forward(self, bottom, top):
         top[0].data = bottom[0].data.reshape(top[0].shape)
@@ -209,6 +205,11 @@ class Flatten(_View):
     The top is a view of the bottom's data (Caffe shares the memory);
     dE/dx = dE/dy reshaped.  No in-place computation.
     """
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def setup(self, bottom, top):
+        not_in_place(self, bottom, top)
 
     def reshape(self, bottom, top):
         p = self.param.flatten_param
@@ -231,8 +232,11 @@ class Reshape(_View):
     from the count.  The top is a view of the bottom's data (Caffe shares the
     memory); dE/dx = dE/dy reshaped.  No in-place computation.
     """
+    exact_bottoms = 1
+    exact_tops = 1
 
     def setup(self, bottom, top):
+        not_in_place(self, bottom, top)
         dims = list(self.param.reshape_param.shape.dim)
         self.copy_axes = [i for i, d in enumerate(dims) if d == 0]
         inferred = [i for i, d in enumerate(dims) if d == -1]
@@ -282,7 +286,6 @@ class Tile(Layer):
 
     dE/dx = sum over the copies of dE/dy
     """
-    in_place_ok = False
     exact_bottoms = 1
     exact_tops = 1
 
@@ -291,6 +294,7 @@ class Tile(Layer):
         check(p.HasField("tiles"), "Tile needs tile_param.tiles")
         check(p.tiles > 0, f"tile_param.tiles must be positive, got {p.tiles}")
         self.tiles = int(p.tiles)
+        not_in_place(self, bottom, top)
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -321,7 +325,6 @@ class Filter(Layer):
     selected.  dE/dx_i = dE/dy scattered back to the selected items, 0 elsewhere.
     No gradient to the selector.
     """
-    in_place_ok = False
     min_bottoms = 2
     min_tops = 1
 
@@ -329,6 +332,7 @@ class Filter(Layer):
         check(len(top) == len(bottom) - 1,
               f"Filter needs one top per filtered bottom: {len(bottom)} bottoms (the last is the "
               f"selector) need {len(bottom) - 1} tops, got {len(top)}")
+        not_in_place(self, bottom, top)
         self.first_reshape = True
         self.indices = None
         self._warned = False
@@ -379,11 +383,11 @@ class BatchReindex(Layer):
     dE/dx[n] = sum of dE/dy[i] over the i with idx[i] = n (0 for items not picked).
     No gradient to the indices.
     """
-    in_place_ok = False
     exact_bottoms = 2
     exact_tops = 1
 
     def setup(self, bottom, top):
+        not_in_place(self, bottom, top)
         self._warned = False
 
     def allow_force_backward(self, bottom_index):
